@@ -1,0 +1,42 @@
+// Element formulas shared by the CPU and CUDA kernels, so both compute bit-for-bit the same
+// arithmetic as the reference (gradalign_fast/reference.py) in the op's math type.
+#pragma once
+#include <c10/macros/Macros.h>
+
+namespace gradalign_fast {
+
+// torch.sign, keeping signed zero and NaN as they are.
+template <typename T>
+C10_HOST_DEVICE inline T sign_of(T g) {
+  return g > T(0) ? T(1) : (g < T(0) ? T(-1) : g);
+}
+
+// torch.clamp: a NaN input stays NaN (both comparisons are false).
+template <typename T>
+C10_HOST_DEVICE inline T clamp_nan(T v, T lo, T hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
+}
+
+// delta after the input box: clamp(x + delta, lo, hi) - x.
+template <typename T>
+C10_HOST_DEVICE inline T clip_delta_to_box(T x, T delta, T lo, T hi) {
+  return clamp_nan(x + delta, lo, hi) - x;
+}
+
+// One signed-gradient step; see the attack_step schema in csrc/gradalign_fast.cpp.
+template <typename T>
+C10_HOST_DEVICE inline T attack_step_value(T x, T delta, T grad, T alpha, T eps, T lo, T hi,
+                                           bool project) {
+  T d = delta + alpha * sign_of(grad);
+  if (project) d = clamp_nan(d, -eps, eps);
+  return clip_delta_to_box(x, d, lo, hi);
+}
+
+// d cos / d a for one element, given the per-sample scalars
+//   inv_ab = 1 / (|a| |b|), cos_over_aa = cos / |a|^2   (both 0 for a zero-norm sample).
+template <typename T>
+C10_HOST_DEVICE inline T cosine_grad_value(T a, T b, T grad_cos, T inv_ab, T cos_over_aa) {
+  return grad_cos * (b * inv_ab - a * cos_over_aa);
+}
+
+}  // namespace gradalign_fast

@@ -1,0 +1,30 @@
+// Operator schemas of the gradalign_fast namespace, declared once. Kernels live in
+// csrc/cpu (CPU dispatch key) and csrc/cuda (CUDA dispatch key); fake kernels and autograd
+// are registered from Python (gradalign_fast/_registrations.py).
+#include <torch/library.h>
+
+TORCH_LIBRARY(gradalign_fast, m) {
+  // Per-sample cosine of two gradient batches a, b of shape [B, ...]:
+  //   cos[i] = <a_i, b_i> / (|a_i| |b_i|), and 0 where |a_i| = 0 or |b_i| = 0.
+  // Returns (cos, norm_a, norm_b), each [B] in the accumulation dtype (float for
+  // float/half/bfloat16 inputs, double for double).
+  m.def("cosine(Tensor a, Tensor b) -> (Tensor, Tensor, Tensor)");
+  // Gradient of sum_i grad_cos[i] * cos[i] with respect to `a` (call with a and b swapped for
+  // the gradient with respect to b):
+  //   grad_a_i = grad_cos[i] * (b_i / (|a_i| |b_i|) - cos[i] * a_i / |a_i|^2), 0 for zero norms.
+  // Returns a tensor shaped, typed and laid out like `a`.
+  m.def("cosine_backward(Tensor grad_cos, Tensor a, Tensor b, Tensor cos, Tensor norm_a, "
+        "Tensor norm_b) -> Tensor");
+  // One signed-gradient attack step on a perturbation delta of the input x:
+  //   d = delta + alpha * sign(grad); if project: d = clamp(d, -eps, eps);
+  //   d = clamp(x + d, lo, hi) - x
+  // FGSM: delta = 0, alpha = eps. PGD: project = true. N-FGSM: project = false.
+  m.def("attack_step(Tensor x, Tensor delta, Tensor grad, float alpha, float eps, float lo, "
+        "float hi, bool project) -> Tensor");
+  m.def("attack_step_(Tensor x, Tensor(a!) delta, Tensor grad, float alpha, float eps, "
+        "float lo, float hi, bool project) -> ()");
+  // A random perturbation delta ~ U([-radius, radius]^d) shaped like x; with clip_to_box,
+  // delta = clamp(x + delta, lo, hi) - x. FGSM-RS start: radius = eps; N-FGSM noise: 2 eps.
+  m.def("random_delta(Tensor x, float radius, float lo, float hi, bool clip_to_box, "
+        "Generator? generator=None) -> Tensor");
+}

@@ -1,0 +1,58 @@
+"""Fake (meta) kernels and autograd of the compiled ops; imported only when they loaded."""
+from __future__ import annotations
+
+import torch
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("gradalign_fast::cosine")
+def _cosine_fake(a, b):
+    torch._check(a.shape == b.shape, lambda: "gradalign_fast::cosine: a and b differ in shape")
+    torch._check(a.dim() >= 1, lambda: "gradalign_fast::cosine: inputs need a batch dimension")
+    vec = a.new_empty((a.shape[0],), dtype=_acc_dtype(a.dtype))
+    return vec, torch.empty_like(vec), torch.empty_like(vec)
+
+
+@torch.library.register_fake("gradalign_fast::cosine_backward")
+def _cosine_backward_fake(grad_cos, a, b, cos, norm_a, norm_b):
+    return torch.empty_like(a)
+
+
+@torch.library.register_fake("gradalign_fast::attack_step")
+def _attack_step_fake(x, delta, grad, alpha, eps, lo, hi, project):
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("gradalign_fast::attack_step_")
+def _attack_step_inplace_fake(x, delta, grad, alpha, eps, lo, hi, project):
+    return None
+
+
+@torch.library.register_fake("gradalign_fast::random_delta")
+def _random_delta_fake(x, radius, lo, hi, clip_to_box, generator=None):
+    return torch.empty_like(x)
+
+
+def _cosine_setup_context(ctx, inputs, output):
+    a, b = inputs
+    cos, norm_a, norm_b = output
+    # The norms are returned for masking and monitoring; they carry no gradient.
+    ctx.mark_non_differentiable(norm_a, norm_b)
+    ctx.save_for_backward(a, b, cos, norm_a, norm_b)
+
+
+def _cosine_backward(ctx, grad_cos, _grad_norm_a, _grad_norm_b):
+    a, b, cos, norm_a, norm_b = ctx.saved_tensors
+    grad_a = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_a = torch.ops.gradalign_fast.cosine_backward(grad_cos, a, b, cos, norm_a, norm_b)
+    if ctx.needs_input_grad[1]:
+        grad_b = torch.ops.gradalign_fast.cosine_backward(grad_cos, b, a, cos, norm_b, norm_a)
+    return grad_a, grad_b
+
+
+torch.library.register_autograd("gradalign_fast::cosine", _cosine_backward,
+                                setup_context=_cosine_setup_context)

@@ -1,0 +1,122 @@
+"""GradAlignLoss: the GradAlign regulariser (Andriushchenko & Flammarion, NeurIPS 2020)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import ops
+from .attacks import input_gradient
+from .reference import LossFn
+
+
+def _check_tensor_like(name: str, t, x: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"GradAlignLoss: `{name}` must be a tensor, got {type(t).__name__}")
+    if t.shape != x.shape:
+        raise ValueError(f"GradAlignLoss: `{name}` must have the shape of x {tuple(x.shape)}, "
+                         f"got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"GradAlignLoss: `{name}` is on {t.device} but x is on {x.device}")
+    if not t.is_floating_point():
+        raise TypeError(f"GradAlignLoss: `{name}` must be floating point, got {t.dtype}")
+
+
+class GradAlignLoss(nn.Module):
+    """lam * (1 - mean_i cos(grad_x l(x_i), grad_x l(x_i + eta_i))), eta ~ U([-eps, eps]^d).
+
+    Usage, with the FGSM gradient reused (no extra pass)::
+
+        delta, grad = gradalign_fast.attacks.fgsm(model, x, y, eps)
+        ce = F.cross_entropy(model(x + delta), y)
+        loss = ce + reg_fn(model, x, y, grad_clean=grad)
+        loss.backward()
+
+    Exactly the authors' regulariser: the clean gradient is detached; the gradient at x + eta
+    (not clipped to the input box) is taken with create_graph=True, so the parameters receive
+    the double-backpropagated gradient; samples where either gradient is zero are left out of
+    the mean (the regulariser is 0 when none is left). Runs the model in whatever mode it is in
+    (train-mode BatchNorm sees the extra forward, as in the authors' code).
+
+    Args:
+        eps: radius of the uniform noise, in input units (e.g. 8/255).
+        lam: weight lambda of the regulariser.
+        loss_fn: loss whose input gradients are aligned (default cross-entropy).
+        check_finite: check x for NaN/inf (one device sync per call; disable for CUDA graphs).
+    Attributes:
+        last_cos: mean cosine of the last call (detached 0-dim tensor), for monitoring.
+        last_valid: number of samples that entered that mean.
+    """
+
+    def __init__(self, eps: float, lam: float, loss_fn: LossFn = F.cross_entropy,
+                 check_finite: bool = True):
+        super().__init__()
+        for name, v in (("eps", eps), ("lam", lam)):
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"GradAlignLoss: `{name}` must be a finite number, got {v!r}")
+            if v < 0:
+                raise ValueError(f"GradAlignLoss: `{name}` must be >= 0, got {v}")
+        if not callable(loss_fn):
+            raise TypeError("GradAlignLoss: `loss_fn` must be callable (logits, y) -> loss")
+        self.eps = float(eps)
+        self.lam = float(lam)
+        self.loss_fn = loss_fn
+        self.check_finite = check_finite
+        self.last_cos: torch.Tensor | None = None
+        self.last_valid: torch.Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, lam={self.lam}"
+
+    def _check(self, model, x, y, grad_clean, noise) -> None:
+        if not isinstance(model, nn.Module) and not callable(model):
+            raise TypeError("GradAlignLoss: `model` must be an nn.Module or a callable")
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"GradAlignLoss: `x` must be a tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"GradAlignLoss: `x` must be floating point (inputs in [0, 1]), "
+                            f"got {x.dtype}")
+        if x.dim() < 1 or x.shape[0] == 0:
+            raise ValueError(f"GradAlignLoss: `x` needs a non-empty batch dimension, got shape "
+                             f"{tuple(x.shape)}")
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"GradAlignLoss: `y` must be a tensor, got {type(y).__name__}")
+        if y.shape[:1] != x.shape[:1]:
+            raise ValueError(f"GradAlignLoss: `y` has batch size {y.shape[0] if y.dim() else 0}"
+                             f" but x has {x.shape[0]}")
+        if y.device != x.device:
+            raise ValueError(f"GradAlignLoss: `y` is on {y.device} but x is on {x.device}")
+        if isinstance(model, nn.Module):
+            p = next(model.parameters(), None)
+            if p is not None and p.device != x.device:
+                raise ValueError(f"GradAlignLoss: the model is on {p.device} but x is on "
+                                 f"{x.device}")
+        if grad_clean is not None:
+            _check_tensor_like("grad_clean", grad_clean, x)
+        if noise is not None:
+            _check_tensor_like("noise", noise, x)
+        if self.check_finite and not bool(torch.isfinite(x).all()):
+            raise ValueError("GradAlignLoss: `x` contains NaN or inf")
+
+    def forward(self, model, x: torch.Tensor, y: torch.Tensor,
+                grad_clean: torch.Tensor | None = None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+        self._check(model, x, y, grad_clean, noise)
+        x = x.detach()
+        if grad_clean is None:
+            grad_clean = input_gradient(model, x, y, self.loss_fn)
+        if noise is None:
+            noise = ops.random_delta(x, self.eps, clip_to_box=False)
+        x_noisy = (x + noise.detach()).requires_grad_(True)
+        loss = self.loss_fn(model(x_noisy), y)
+        (grad_noisy,) = torch.autograd.grad(loss, x_noisy, create_graph=True)
+        cos, norm_clean, norm_noisy = ops.cosine(grad_clean.detach().to(grad_noisy.dtype),
+                                                 grad_noisy)
+        valid = (norm_clean > 0) & (norm_noisy > 0)
+        n_valid = valid.sum()
+        mean_cos = cos.sum() / n_valid.clamp(min=1)  # cos is 0 where not valid
+        self.last_cos = mean_cos.detach()
+        self.last_valid = n_valid.detach()
+        return self.lam * (1.0 - mean_cos) * (n_valid > 0)

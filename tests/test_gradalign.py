@@ -1,0 +1,220 @@
+"""GradAlignLoss against the authors' formulation (reference.gradalign_regularizer)."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gradalign_fast import GradAlignLoss, attacks, reference
+
+
+def small_cnn(dtype=torch.float64, channels=1):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(channels, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.Conv2d(6, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Flatten(), nn.LazyLinear(10),
+    ).to(dtype)
+
+
+def _batch(n=8, c=1, s=12, dtype=torch.float64, device="cpu"):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(n, c, s, s, generator=g, dtype=dtype).to(device)
+    y = torch.randint(0, 10, (n,), generator=g).to(device)
+    return x, y
+
+
+def _both(model, x, y, eps, lam, **kw):
+    """(ours, reference): regulariser values and parameter gradients from identical models."""
+    m1, m2 = model, copy.deepcopy(model)
+    r1 = GradAlignLoss(eps, lam)(m1, x, y, **kw)
+    r1.backward()
+    kw2 = {k: v for k, v in kw.items()}
+    r2 = reference.gradalign_regularizer(m2, x, y, eps, lam, **kw2)
+    r2.backward()
+    return (r1, [p.grad for p in m1.parameters()], m1), (r2, [p.grad for p in m2.parameters()], m2)
+
+
+@pytest.mark.parametrize("reuse_grad", [False, True])
+def test_matches_reference_float64_with_batchnorm(reuse_grad, device):
+    x, y = _batch(device=device)
+    model = small_cnn().to(device)
+    model(x)  # materialise the lazy layer
+    model.train()
+    noise = torch.empty_like(x).uniform_(-0.3, 0.3)
+    kw = {"noise": noise}
+    if reuse_grad:
+        _, kw["grad_clean"] = attacks.fgsm(model, x, y, 0.3)
+    (r1, g1, m1), (r2, g2, m2) = _both(model, x, y, 0.3, 0.7, **kw)
+    assert abs(r1.item() - r2.item()) <= 1e-10
+    assert r1.item() > 0
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    for a, b in zip(m1.buffers(), m2.buffers()):  # BatchNorm saw the same forwards
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_regulariser_reaches_parameters():
+    """A GradAlign without create_graph is a silent no-op: the parameters must get a gradient
+    from the regulariser alone, and it must be the exact double-backprop gradient."""
+    x, y = _batch()
+    model = small_cnn()
+    model(x)
+    reg = GradAlignLoss(0.3, 1.0)(model, x, y)
+    grads = torch.autograd.grad(reg, list(model.parameters()), allow_unused=True)
+    weight_grads = [g for g, p in zip(grads, model.parameters()) if p.dim() > 1]
+    assert all(g is not None and g.abs().sum() > 0 for g in weight_grads)
+    # the gradient is the derivative of the value: finite difference along a random direction
+    p = next(model.parameters())
+    d = torch.randn_like(p)
+    noise = torch.empty_like(x).uniform_(-0.3, 0.3)
+    m_eval = copy.deepcopy(model).eval()
+    g_clean = attacks.input_gradient(m_eval, x, y)  # detached in GradAlign: held fixed here
+    f = lambda: GradAlignLoss(0.3, 1.0)(m_eval, x, y, noise=noise, grad_clean=g_clean)
+    r = f()
+    (gp,) = torch.autograd.grad(r, next(m_eval.parameters()))
+    h = 1e-6
+    with torch.no_grad():
+        next(m_eval.parameters()).add_(h * d)
+    rp = f().item()
+    with torch.no_grad():
+        next(m_eval.parameters()).sub_(2 * h * d)
+    rm = f().item()
+    assert abs((rp - rm) / (2 * h) - (gp * d).sum().item()) < 1e-5 * max(1.0, abs(rp - rm) / h)
+
+
+def test_flat_inputs_and_mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(13, 32), nn.Tanh(), nn.Linear(32, 4)).double()
+    x = torch.rand(5, 13, dtype=torch.float64)
+    y = torch.randint(0, 4, (5,))
+    noise = torch.empty_like(x).uniform_(-0.1, 0.1)
+    (r1, g1, _), (r2, g2, _) = _both(model, x, y, 0.1, 2.0, noise=noise)
+    assert abs(r1.item() - r2.item()) <= 1e-10
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_batch_of_one():
+    x, y = _batch(n=1)
+    model = small_cnn()
+    model(torch.cat([x, x]))
+    model.eval()
+    noise = torch.empty_like(x).uniform_(-0.2, 0.2)
+    (r1, g1, _), (r2, g2, _) = _both(model, x, y, 0.2, 1.0, noise=noise)
+    assert abs(r1.item() - r2.item()) <= 1e-10
+
+
+class _Gated(nn.Module):
+    """Linear model whose input gradient is exactly zero for the samples with gate 0."""
+
+    def __init__(self, gate):
+        super().__init__()
+        self.lin = nn.Linear(6, 3).double()
+        self.gate = gate
+
+    def forward(self, x):
+        return self.lin(torch.tanh(x) * self.gate[:, None])
+
+
+def test_zero_gradient_samples_left_out():
+    torch.manual_seed(0)
+    x = torch.rand(4, 6, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0])
+    model = _Gated(torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64))
+    noise = torch.empty_like(x).uniform_(-0.5, 0.5)
+    loss = GradAlignLoss(0.5, 1.0)
+    (r1, g1, _), (r2, g2, _) = _both(model, x, y, 0.5, 1.0, noise=noise)
+    assert abs(r1.item() - r2.item()) <= 1e-10
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    loss(model, x, y, noise=noise)
+    assert loss.last_valid.item() == 3
+
+
+def test_all_zero_gradients_give_zero_not_nan():
+    model = _Gated(torch.zeros(3, dtype=torch.float64))
+    x = torch.rand(3, 6, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2])
+    reg = GradAlignLoss(0.1, 1.0)(model, x, y)
+    assert reg.item() == 0.0
+    reg.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_last_cos_exposed_and_in_range():
+    x, y = _batch()
+    model = small_cnn()
+    model(x)
+    loss = GradAlignLoss(0.1, 0.5)
+    reg = loss(model, x, y)
+    assert -1.0 <= loss.last_cos.item() <= 1.0
+    assert abs(reg.item() - 0.5 * (1 - loss.last_cos.item())) < 1e-12
+
+
+def test_float32_close_to_float64():
+    x, y = _batch()
+    m64 = small_cnn()
+    m64(x)
+    m32 = copy.deepcopy(m64).float()
+    noise = torch.empty_like(x).uniform_(-0.3, 0.3)
+    r64 = GradAlignLoss(0.3, 1.0)(m64, x, y, noise=noise)
+    r32 = GradAlignLoss(0.3, 1.0)(m32, x.float(), y, noise=noise.float())
+    assert abs(r64.item() - r32.item()) < 1e-5
+
+
+def test_autocast_bfloat16_cpu():
+    x, y = _batch(dtype=torch.float32)
+    model = small_cnn(torch.float32)
+    model(x)
+    noise = torch.empty_like(x).uniform_(-0.3, 0.3)
+    ref = GradAlignLoss(0.3, 1.0)(model, x, y, noise=noise).item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reg = GradAlignLoss(0.3, 1.0)(model, x, y, noise=noise)
+    reg.backward()
+    assert torch.isfinite(reg) and abs(reg.item() - ref) < 0.05
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_lambda_zero_and_eps_zero():
+    x, y = _batch()
+    model = small_cnn()
+    model(x)
+    assert GradAlignLoss(0.3, 0.0)(model, x, y).item() == 0.0
+    # eps = 0: the two gradients coincide (eval mode: BatchNorm does not change between calls)
+    model.eval()
+    assert abs(GradAlignLoss(0.0, 1.0)(model, x, y).item()) < 1e-12
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    ({"eps": -0.1, "lam": 1.0}, ValueError, "eps"),
+    ({"eps": 0.1, "lam": -1.0}, ValueError, "lam"),
+    ({"eps": float("nan"), "lam": 1.0}, ValueError, "eps"),
+])
+def test_bad_constructor_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        GradAlignLoss(**kwargs)
+
+
+def test_bad_call_arguments():
+    x, y = _batch(dtype=torch.float32)
+    model = small_cnn(torch.float32)
+    model(x)
+    reg = GradAlignLoss(0.1, 1.0)
+    cases = [
+        (dict(x=x.long()), TypeError, "`x` must be floating"),
+        (dict(x=torch.full_like(x, float("nan"))), ValueError, "NaN"),
+        (dict(x=x.clone().fill_(float("inf"))), ValueError, "inf"),
+        (dict(y=y[:3]), ValueError, "`y` has batch size"),
+        (dict(grad_clean=x[:, :, :5]), ValueError, "`grad_clean` must have the shape"),
+        (dict(noise=x[:2]), ValueError, "`noise` must have the shape"),
+        (dict(noise=torch.empty_like(x, device="meta")), ValueError, "`noise` is on meta"),
+        (dict(grad_clean=x.long()), TypeError, "`grad_clean` must be floating"),
+        (dict(x=x[0, 0, 0, 0]), ValueError, "batch dimension"),
+    ]
+    for override, exc, match in cases:
+        args = dict(x=x, y=y)
+        args.update(override)
+        with pytest.raises(exc, match=match):
+            reg(model, **args)
