@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import warnings
 
+import torch  # loads libc10/libtorch, which the extension links against
+
 _LOAD_ERROR: str | None = None
 _LOADED = False
 
@@ -18,8 +20,6 @@ def _load() -> None:
 
             _LOADED = True
         except ImportError as e:  # not built, or built against another torch
-            import torch
-
             _LOAD_ERROR = (f"{e} (installed torch {torch.__version__}; rebuild with "
                            "`pip install --no-build-isolation -e .`)")
     if not _LOADED:
@@ -45,8 +45,6 @@ def has_cuda_ops() -> bool:
     """True when the compiled ops include CUDA kernels (built with a CUDA toolkit)."""
     if not _LOADED:
         return False
-    import torch
-
     return torch._C._dispatch_has_kernel_for_dispatch_key("gradalign_fast::cosine", "CUDA")
 
 
