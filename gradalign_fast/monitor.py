@@ -1,0 +1,117 @@
+"""Catastrophic-overfitting (CO) monitoring during training.
+
+On a fixed held-out batch: PGD accuracy (PGD-10, alpha = eps/4, one restart), FGSM accuracy and
+the gradient alignment E cos(grad_x l(x), grad_x l(x + eta)), eta ~ U([-eps, eps]^d). A CO event
+is flagged when PGD accuracy collapses (below (1 - rel_drop) times its best so far) while FGSM
+accuracy stays high (no lower than at the best PGD point minus fgsm_tol): the model is robust to
+its training attack but not to a multi-step one. Random starts and noise come from generators
+seeded at every measurement, so measuring neither changes nor depends on the global RNG.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from . import attacks, ops
+from .evaluation import eval_mode
+
+
+class COMonitor:
+    """Measures a model on (x, y) and tracks the best PGD accuracy and CO events.
+
+    Args:
+        x, y: the held-out batch (on the model's device).
+        eps: the attack radius, input units.
+        pgd_steps, pgd_alpha: PGD of the measurement (alpha = eps/4 by default).
+        rel_drop, fgsm_tol, min_best: the CO rule (see the module doc); no CO is flagged
+            before PGD accuracy has once reached min_best.
+        batch_size: chunk size of the measurement.
+    """
+
+    def __init__(self, x, y, eps: float, pgd_steps: int = 10, pgd_alpha: float | None = None,
+                 rel_drop: float = 0.5, fgsm_tol: float = 0.05, min_best: float = 0.05,
+                 batch_size: int = 256, seed: int = 0):
+        if len(x) == 0 or len(x) != len(y):
+            raise ValueError(f"monitor batch: need as many labels as images (> 0), got "
+                             f"{len(x)} and {len(y)}")
+        if not 0 < rel_drop < 1:
+            raise ValueError(f"rel_drop must be in (0, 1), got {rel_drop}")
+        self.x, self.y, self.eps = x, y, float(eps)
+        self.pgd_steps = int(pgd_steps)
+        self.pgd_alpha = self.eps / 4 if pgd_alpha is None else float(pgd_alpha)
+        self.rel_drop, self.fgsm_tol, self.min_best = rel_drop, fgsm_tol, min_best
+        self.batch_size, self.seed = batch_size, seed
+        self.best_pgd = -1.0
+        self.fgsm_at_best = 0.0
+        self.co_event: dict | None = None  # the first row flagged as CO
+
+    def measure(self, model) -> dict:
+        """{"clean_acc", "fgsm_acc", "pgd_acc", "grad_align"} on the held-out batch."""
+        gen = torch.Generator(self.x.device).manual_seed(self.seed)
+        sums = torch.zeros(4, dtype=torch.float64, device=self.x.device)
+        with eval_mode(model):
+            for x, y in zip(self.x.split(self.batch_size), self.y.split(self.batch_size)):
+                d_fgsm, g_clean = attacks.fgsm(model, x, y, self.eps)
+                d_pgd = attacks.pgd(model, x, y, self.eps, self.pgd_alpha, self.pgd_steps,
+                                    generator=gen)
+                eta = ops.random_delta(x, self.eps, clip_to_box=False, generator=gen)
+                g_noisy = attacks.input_gradient(model, x, y, delta=eta)
+                cos = ops.cosine(g_clean, g_noisy)[0]
+                with torch.no_grad():
+                    sums += torch.stack([(model(x + d).argmax(1) == y).sum().double()
+                                         for d in (0 * x, d_fgsm, d_pgd)] + [cos.sum().double()])
+        clean, fgsm, pgd, align = (sums / len(self.x)).tolist()
+        return {"clean_acc": clean, "fgsm_acc": fgsm, "pgd_acc": pgd, "grad_align": align}
+
+    def update(self, row: dict) -> dict:
+        """Adds to a measured row "co" (this row is a CO event) and "best" (new best PGD
+        accuracy); returns the row."""
+        pgd, fgsm = row["pgd_acc"], row["fgsm_acc"]
+        co = (self.best_pgd >= self.min_best and pgd < (1 - self.rel_drop) * self.best_pgd
+              and fgsm >= self.fgsm_at_best - self.fgsm_tol)
+        best = pgd > self.best_pgd
+        if best:
+            self.best_pgd, self.fgsm_at_best = pgd, fgsm
+        if co and self.co_event is None:
+            self.co_event = dict(row)
+        row.update(co=bool(co), best=bool(best))
+        return row
+
+    def state_dict(self) -> dict:
+        return {"best_pgd": self.best_pgd, "fgsm_at_best": self.fgsm_at_best,
+                "co_event": json.dumps(self.co_event)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_pgd = float(state["best_pgd"])
+        self.fgsm_at_best = float(state["fgsm_at_best"])
+        self.co_event = json.loads(state["co_event"])
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, appended and flushed as rows come."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def keep_until(self, iteration: int) -> None:
+        """Drops the rows after `iteration` (those of an interrupted epoch, before a resume)."""
+        rows = [r for r in self.read() if r["iteration"] <= iteration]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        tmp.replace(self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)

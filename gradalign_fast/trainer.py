@@ -1,0 +1,330 @@
+"""`train(TrainConfig) -> dict`: one adversarial-training run with methods.train_step.
+
+Writes to cfg.out_dir: config.json (the resolved config), metrics.jsonl (CO-monitor rows, every
+cfg.monitor_every iterations and at every epoch end), checkpoint.pt (each epoch, atomically:
+resumable to bitwise the same weights on CPU), best.pt (the weights of best monitored PGD
+accuracy, for early stopping) and final.json (accuracies of the final model and times).
+Under torchrun it trains with DDP (see gradalign_fast.distributed); rank 0 writes the files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Subset
+from tqdm.auto import tqdm
+
+from . import checkpoint, distributed, evaluation, recipe
+from .data import load_dataset, make_loader, spec, take
+from .methods import METHODS, make_method, train_step
+from .models import MODELS
+from .monitor import COMonitor, MetricsLog
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+LAM_METHODS = ("gradalign", "cure", "llr")
+CHECK_EVERY = 20  # iterations between loss checks / progress-bar updates (one device sync)
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """One training run. None fields take the dataset's recipe (gradalign_fast.recipe) value
+    at resolve(); eps is in [0, 1] input units (8/255, 0.3, ...)."""
+
+    method: str = "gradalign"
+    dataset: str = "mnist_subset"
+    data_dir: str | None = None
+    model: str | None = None
+    eps: float | None = None
+    lam: float | None = None  # GradAlign: None -> recipe.lambda_for_eps; LLR: its default 4
+    epochs: int | None = None
+    batch_size: int | None = None  # the global batch (split over DDP processes)
+    lr_max: float | None = None
+    momentum: float | None = None
+    wd: float | None = None
+    eps_warmup_epochs: float | None = None
+    lr_schedule: str | None = None  # cyclic | piecewise | constant
+    n_train: int | None = None  # train on the first n_train points (None: all but the monitor's)
+    n_eval: int | None = 1000  # final evaluation on the first n_eval test points (None: all)
+    eval_attacks: str = "clean,pgd-50-10"
+    n_monitor: int = 256  # held-out training points (the last ones) of the CO monitor
+    seed: int = 0
+    device: str | None = None  # None: cuda if available, else cpu
+    amp: str | None = None  # None | "bf16" | "fp16"
+    out_dir: str = "runs/run"
+    monitor_every: int = 200  # iterations; 0: only at epoch ends
+    stop_on_co: bool = False
+    resume: bool = False
+    sync_bn: bool = False
+    num_workers: int = 0
+    progress: bool = True
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """cfg with the recipe's defaults filled in, validated (ValueError naming the field)."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(METHODS)}")
+    spec(cfg.dataset)
+    r = recipe.recipe_for(cfg.dataset, cfg.method)
+    filled = {f.name: getattr(r, f.name) for f in fields(r) if getattr(cfg, f.name) is None}
+    cfg = replace(cfg, **filled)
+    if cfg.device is None:
+        cfg = replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.model not in MODELS:
+        raise ValueError(f"unknown model {cfg.model!r}; choose one of {sorted(MODELS)}")
+    if not (isinstance(cfg.eps, (int, float)) and 0 <= cfg.eps <= 1):
+        raise ValueError(f"eps must be in [0, 1] (input units, e.g. 8/255), got {cfg.eps!r}")
+    if cfg.lam is not None and cfg.method not in LAM_METHODS:
+        raise ValueError(f"lam applies only to {LAM_METHODS}, not to {cfg.method!r}")
+    if cfg.method == "gradalign" and cfg.lam is None:
+        cfg = replace(cfg, lam=recipe.lambda_for_eps(cfg.eps * 255))
+    if cfg.method == "cure" and cfg.lam is None:
+        raise ValueError("method 'cure' needs lam (no default: its scale depends on the data)")
+    if cfg.lam is not None and not (math.isfinite(cfg.lam) and cfg.lam >= 0):
+        raise ValueError(f"lam must be a finite number >= 0, got {cfg.lam}")
+    for name in ("epochs", "batch_size", "n_monitor"):
+        if not (isinstance(getattr(cfg, name), int) and getattr(cfg, name) > 0):
+            raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
+    for name in ("n_train", "n_eval"):
+        v = getattr(cfg, name)
+        if v is not None and not (isinstance(v, int) and v > 0):
+            raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
+    if not cfg.lr_max > 0:
+        raise ValueError(f"lr_max must be > 0, got {cfg.lr_max}")
+    if cfg.lr_schedule not in recipe.LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; choose one of "
+                         f"{recipe.LR_SCHEDULES}")
+    if cfg.amp not in (None, *AMP_DTYPES):
+        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {cfg.amp!r}")
+    if cfg.monitor_every < 0:
+        raise ValueError(f"monitor_every must be >= 0, got {cfg.monitor_every}")
+    evaluation.parse_attacks(cfg.eval_attacks)
+    return cfg
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _datasets(cfg: TrainConfig):
+    """(training set, monitor set, test set); the monitor holds out the last n_monitor
+    training points (without augmentation)."""
+    full = load_dataset(cfg.dataset, cfg.data_dir, train=True)
+    plain = load_dataset(cfg.dataset, cfg.data_dir, train=True, augment=False)
+    n_avail = len(full) - cfg.n_monitor
+    if n_avail <= 0:
+        raise ValueError(f"n_monitor={cfg.n_monitor} leaves no training point of the "
+                         f"{len(full)} in {cfg.dataset!r}")
+    if cfg.n_train is not None and cfg.n_train > n_avail:
+        raise ValueError(f"n_train={cfg.n_train} but {cfg.dataset!r} has {n_avail} training "
+                         f"points besides the {cfg.n_monitor} held out for the monitor")
+    train_set = Subset(full, range(cfg.n_train or n_avail))
+    monitor_set = Subset(plain, range(len(full) - cfg.n_monitor, len(full)))
+    return train_set, monitor_set, load_dataset(cfg.dataset, cfg.data_dir, train=False)
+
+
+def _method_kwargs(cfg: TrainConfig) -> dict:
+    return {"lam": cfg.lam} if cfg.lam is not None else {}
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Runs cfg (see the module doc); returns the final.json dict (rank 0; {} on others).
+
+    Raises ValueError for a bad config, FileNotFoundError for missing data,
+    checkpoint.CheckpointError for a missing, corrupt or other run's checkpoint on resume, and
+    TrainingDiverged when the loss becomes NaN/inf (the last good checkpoint.pt is kept).
+    """
+    cfg = resolve(cfg)
+    info = distributed.setup(cfg.device)
+    try:
+        return _Run(cfg, info).run()
+    finally:
+        distributed.cleanup(info)
+
+
+class _Run:
+    def __init__(self, cfg: TrainConfig, info: distributed.DistInfo):
+        self.cfg, self.info = cfg, info
+        self.device = distributed.device_for(cfg.device, info)
+        self.out = Path(cfg.out_dir)
+        self.ckpt_path = self.out / "checkpoint.pt"
+        self.log = MetricsLog(self.out / "metrics.jsonl")
+        self.amp_dtype = AMP_DTYPES.get(cfg.amp)
+
+    # ------------------------------------------------------------------ set-up
+    def _setup(self):
+        cfg, dev = self.cfg, self.device
+        saved = None
+        if cfg.resume:
+            saved = checkpoint.read(self.ckpt_path)
+            checkpoint.check_same_run(saved["config"], asdict(cfg), self.ckpt_path)
+        elif self.ckpt_path.exists():
+            raise ValueError(f"{self.out} already holds a run (checkpoint.pt): resume it "
+                             f"(--resume) or choose another output directory")
+        _seed_everything(cfg.seed)
+        net = checkpoint.model_from_config(asdict(cfg)).to(dev)
+        self.train_set, monitor_set, self.test_set = _datasets(cfg)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.sampler = distributed.sampler(self.train_set, self.info, cfg.seed)
+        if cfg.batch_size % self.info.world_size:
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the "
+                             f"{self.info.world_size} processes")
+        self.loader = make_loader(self.train_set, cfg.batch_size // self.info.world_size,
+                                  shuffle=True, generator=self.gen, sampler=self.sampler,
+                                  num_workers=cfg.num_workers, pin_memory=dev.type == "cuda")
+        self.opt = torch.optim.SGD(net.parameters(), lr=0.0, momentum=cfg.momentum,
+                                   weight_decay=cfg.wd)
+        self.scaler = torch.amp.GradScaler(dev.type) if cfg.amp == "fp16" else None
+        x_mon, y_mon = take(monitor_set)
+        self.monitor = COMonitor(x_mon.to(dev), y_mon.to(dev), cfg.eps, seed=cfg.seed)
+        self.start_epoch, self.it, self.train_time = 0, 0, 0.0
+        if saved is not None:
+            net.load_state_dict(saved["model"])
+            self.opt.load_state_dict(saved["optimizer"])
+            if self.scaler is not None:
+                self.scaler.load_state_dict(saved["scaler"])
+            self.monitor.load_state_dict(saved["monitor"])
+            checkpoint.set_rng_state(saved["rng"], self.gen)
+            self.start_epoch, self.it = saved["epoch"], saved["iteration"]
+            self.train_time = saved["train_time_s"]
+            if self.info.is_main:
+                self.log.keep_until(self.it)
+        elif self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.log.clear()
+            (self.out / "best.pt").unlink(missing_ok=True)
+            _write_json(self.out / "config.json", asdict(cfg))
+        if self.info.enabled:  # same init everywhere (DDP broadcasts it), own noise per rank
+            torch.manual_seed(cfg.seed + 1000 * self.info.rank)
+        self.model = distributed.wrap(net, self.info, cfg.sync_bn)
+        self.net = distributed.unwrap(self.model)
+
+    # ------------------------------------------------------------------ pieces
+    def _measure(self, row: dict) -> bool:
+        """Monitor row (rank 0): measured, logged, best.pt kept; returns 'stop on CO'."""
+        stop = False
+        if self.info.is_main:
+            row.update(self.monitor.measure(self.net))
+            self.monitor.update(row)
+            self.log.append(row)
+            if row["best"]:
+                checkpoint.save(self.out / "best.pt", {
+                    "config": asdict(self.cfg), "model": self.net.state_dict(),
+                    "epoch": row["epoch"], "iteration": self.it, "pgd_acc": row["pgd_acc"]})
+            stop = self.cfg.stop_on_co and row["co"]
+        return distributed.broadcast_flag(stop, self.info, self.device)
+
+    def _save(self, epoch: int) -> None:
+        if not self.info.is_main:
+            return
+        checkpoint.save(self.ckpt_path, {
+            "config": asdict(self.cfg), "model": self.net.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "epoch": epoch, "iteration": self.it, "rng": checkpoint.rng_state(self.gen),
+            "monitor": self.monitor.state_dict(), "train_time_s": self.train_time})
+
+    def _diverged(self, value: float, epoch: int) -> TrainingDiverged:
+        kept = (f"the last good checkpoint (epoch {epoch}) is kept at {self.ckpt_path}"
+                if epoch > 0 else "no checkpoint had been written yet")
+        return TrainingDiverged(
+            f"the training loss became {value} in epoch {epoch + 1} (iteration {self.it}): "
+            f"training diverged; {kept}. Try a lower lr_max, a longer eps warm-up, or no amp.")
+
+    def _epoch(self, epoch: int) -> tuple[dict, bool]:
+        cfg = self.cfg
+        steps = len(self.loader)
+        warmup = round(cfg.eps_warmup_epochs * steps)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        n, stop, eps_now, method = 0, False, None, None
+        t0 = time.perf_counter()
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not (cfg.progress and self.info.is_main))
+        for i, (x, y) in enumerate(bar):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            lr = recipe.lr_at(self.it, steps, cfg.epochs, cfg.lr_max, cfg.lr_schedule)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            if recipe.eps_at(self.it, warmup, cfg.eps) != eps_now:
+                eps_now = recipe.eps_at(self.it, warmup, cfg.eps)
+                method = make_method(cfg.method, eps_now, **_method_kwargs(cfg))
+            out = train_step(method, self.model, self.opt, x, y, self.amp_dtype, self.scaler)
+            sums += torch.stack([out["loss"].double() * len(y), out["reg"].double() * len(y),
+                                 out["correct"].double()])
+            n += len(y)
+            self.it += 1
+            if self.it % CHECK_EVERY == 0 or i == steps - 1:
+                loss, reg, acc = (sums / n).tolist()
+                if not math.isfinite(loss + reg):
+                    raise self._diverged(loss + reg, epoch)
+                bar.set_postfix(loss=f"{loss:.3f}", reg=f"{reg:.3f}", acc=f"{acc:.3f}")
+            if cfg.monitor_every and self.it % cfg.monitor_every == 0 and i < steps - 1:
+                t_mon = time.perf_counter()
+                stop = self._measure({"kind": "iter", "epoch": epoch + (i + 1) / steps,
+                                      "iteration": self.it, "lr": lr, "eps": eps_now})
+                t0 += time.perf_counter() - t_mon  # monitoring is not training time
+                if stop:
+                    break
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        epoch_time = time.perf_counter() - t0
+        loss, reg, acc = (sums / max(n, 1)).tolist()
+        if not math.isfinite(loss + reg):
+            raise self._diverged(loss + reg, epoch)
+        return {"kind": "epoch", "epoch": epoch + 1, "iteration": self.it, "lr": lr,
+                "eps": eps_now, "train_loss": loss, "train_reg": reg, "train_acc": acc,
+                "epoch_time_s": epoch_time}, stop
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict:
+        self._setup()
+        cfg, epochs_done, stopped = self.cfg, self.start_epoch, False
+        for epoch in range(self.start_epoch, cfg.epochs):
+            row, stopped = self._epoch(epoch)
+            self.train_time += row["epoch_time_s"]
+            stopped = self._measure(row) or stopped
+            epochs_done = epoch + 1
+            self._save(epochs_done)
+            if stopped:
+                break
+        if not self.info.is_main:
+            return {}
+        return self._finish(epochs_done, stopped)
+
+    def _finish(self, epochs_done: int, stopped: bool) -> dict:
+        cfg = self.cfg
+        res = evaluation.evaluate(self.net, self.test_set, cfg.eps, cfg.eval_attacks,
+                                  cfg.n_eval, device=self.device, seed=cfg.seed,
+                                  progress=cfg.progress)
+        co = self.monitor.co_event
+        final = {
+            "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "eps": cfg.eps,
+            "eps_255": cfg.eps * 255, "lam": cfg.lam, "seed": cfg.seed,
+            "epochs_done": epochs_done, "iterations": self.it,
+            "accuracy": {k: v for k, v in res.items() if k not in ("n", "time_s")},
+            "n_eval": res["n"], "train_time_s": self.train_time, "eval_time_s": res["time_s"],
+            "co": co is not None, "co_epoch": co["epoch"] if co else None,
+            "stopped_on_co": stopped, "best_monitor_pgd_acc": self.monitor.best_pgd,
+            "last_monitor": self.log.read()[-1], "out_dir": str(self.out),
+        }
+        _write_json(self.out / "final.json", final)
+        return final

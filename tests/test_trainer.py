@@ -1,0 +1,108 @@
+import json
+
+import pytest
+import torch
+
+import gradalign_fast
+from gradalign_fast import checkpoint, trainer
+from gradalign_fast.trainer import TrainConfig, TrainingDiverged, train
+
+TINY = dict(dataset="mnist_subset", n_train=256, n_monitor=64, n_eval=64, batch_size=64,
+            eval_attacks="clean,pgd-3-1", monitor_every=2, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: more threads only slow these small steps down
+    yield
+    torch.set_num_threads(n)
+
+
+def _weights(path):
+    return checkpoint.read(path)["model"]
+
+
+def _rows(run_dir):
+    """metrics.jsonl without its wall-clock times."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in rows]
+
+
+def test_train_writes_every_file(tmp_path):
+    final = train(TrainConfig(method="gradalign", epochs=2, out_dir=str(tmp_path), **TINY))
+    for f in ("config.json", "metrics.jsonl", "checkpoint.pt", "best.pt", "final.json"):
+        assert (tmp_path / f).is_file(), f
+    assert final == json.loads((tmp_path / "final.json").read_text())
+    assert set(final["accuracy"]) == {"clean", "pgd-3-1"} and final["n_eval"] == 64
+    assert final["lam"] == pytest.approx(gradalign_fast.recipe.lambda_for_eps(76.5))
+    rows = _rows(tmp_path)
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]
+    assert all(0 <= r["pgd_acc"] <= r["clean_acc"] + 1e-9 for r in rows)
+    assert all(-1 <= r["grad_align"] <= 1 for r in rows)
+    model = gradalign_fast.load_checkpoint(tmp_path / "best.pt")
+    assert not model.training and next(model.parameters()).device.type == "cpu"
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_resume_is_bitwise(tmp_path, monkeypatch):
+    cfg = dict(method="fgsm_rs", epochs=2, **TINY)
+    train(TrainConfig(out_dir=str(tmp_path / "full"), **cfg))
+
+    save = trainer._Run._save
+
+    def save_then_die(self, epoch):
+        save(self, epoch)
+        raise KeyboardInterrupt  # killed right after epoch 1's checkpoint
+
+    monkeypatch.setattr(trainer._Run, "_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out_dir=str(tmp_path / "cut"), **cfg))
+    monkeypatch.setattr(trainer._Run, "_save", save)
+    assert checkpoint.read(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
+    final = train(TrainConfig(out_dir=str(tmp_path / "cut"), resume=True, **cfg))
+
+    full, cut = _weights(tmp_path / "full" / "checkpoint.pt"), _weights(
+        tmp_path / "cut" / "checkpoint.pt")
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+    assert _rows(tmp_path / "full") == _rows(tmp_path / "cut")
+    assert final["accuracy"] == json.loads((tmp_path / "full" / "final.json").read_text())[
+        "accuracy"]
+
+
+def test_resume_rejects_other_runs_and_corrupt_files(tmp_path):
+    train(TrainConfig(method="fgsm", epochs=1, out_dir=str(tmp_path), **TINY))
+    with pytest.raises(checkpoint.CheckpointError, match="method: checkpoint 'fgsm' vs now"):
+        train(TrainConfig(method="pgd", epochs=1, out_dir=str(tmp_path), resume=True, **TINY))
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(TrainConfig(method="fgsm", epochs=1, out_dir=str(tmp_path), **TINY))
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
+        train(TrainConfig(method="fgsm", epochs=1, out_dir=str(tmp_path), resume=True, **TINY))
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at"):
+        train(TrainConfig(method="fgsm", epochs=1, out_dir=str(tmp_path / "new"), resume=True,
+                          **TINY))
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
+    cfg = TrainConfig(method="fgsm", epochs=3, lr_max=1e4, out_dir=str(tmp_path), **TINY)
+    with pytest.raises(TrainingDiverged, match="training diverged"):
+        train(cfg)
+    if (tmp_path / "checkpoint.pt").exists():  # only good weights are ever saved
+        ck = checkpoint.read(tmp_path / "checkpoint.pt")
+        assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(method="fgsmx"), "unknown method"),
+    (dict(eps=8.0), "eps must be in"),
+    (dict(method="fgsm", lam=0.1), "lam applies only"),
+    (dict(amp="fp8"), "amp must be"),
+    (dict(dataset="cifar100"), "unknown dataset"),
+    (dict(method="cure"), "needs lam"),
+    (dict(n_train=10 ** 6), "n_train"),
+])
+def test_bad_config_is_rejected(tmp_path, bad, match):
+    cfg = {**TINY, "out_dir": str(tmp_path), "epochs": 1, **bad}
+    with pytest.raises(ValueError, match=match):
+        train(TrainConfig(**cfg))
