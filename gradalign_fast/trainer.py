@@ -35,6 +35,11 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+# What a command reports as `error: ...` (bad input, missing data or package, divergence);
+# checkpoint.CheckpointError is a ValueError.
+USER_ERRORS = (ValueError, FileNotFoundError, ImportError, TrainingDiverged)
+
+
 @dataclass
 class TrainConfig:
     """One training run. None fields take the dataset's recipe (gradalign_fast.recipe) value

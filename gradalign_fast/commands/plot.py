@@ -1,0 +1,69 @@
+"""`python -m gradalign_fast plot RUN_DIR ...`: the paper's Fig. A for several runs: monitored
+PGD accuracy and gradient alignment per epoch (from each run's metrics.jsonl), catastrophic
+overfitting marked with an x at the first CO epoch, in one PNG."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..monitor import MetricsLog
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl)")
+    parser.add_argument("--out", default="fig_a.png", help="the PNG to write")
+    parser.add_argument("--title", default=None)
+
+
+def _label(run: Path) -> str:
+    cfg_path = run / "config.json"
+    if not cfg_path.exists():
+        return run.name
+    cfg = json.loads(cfg_path.read_text())
+    return f"{cfg['method']} eps={cfg['eps'] * 255:g}/255 ({run.name})"
+
+
+def load_curves(run) -> dict:
+    """{"label", "epoch", "pgd_acc", "grad_align", "co_epochs"} of a run directory's epoch rows."""
+    run = Path(run)
+    rows = [r for r in MetricsLog(run / "metrics.jsonl").read() if r["kind"] == "epoch"]
+    if not rows:
+        raise ValueError(f"{run} has no epoch rows in metrics.jsonl (is it a run directory?)")
+    return {"label": _label(run), "epoch": [r["epoch"] for r in rows],
+            "pgd_acc": [r["pgd_acc"] for r in rows], "grad_align": [r["grad_align"] for r in rows],
+            "co_epochs": [r["epoch"] for r in rows if r["co"]]}
+
+
+def run(args) -> int:
+    try:
+        curves = [load_curves(r) for r in args.runs]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_pgd, ax_cos) = plt.subplots(1, 2, figsize=(11, 4))
+    for c in curves:
+        line, = ax_pgd.plot(c["epoch"], [100 * a for a in c["pgd_acc"]], marker=".",
+                            label=c["label"])
+        ax_cos.plot(c["epoch"], c["grad_align"], marker=".", color=line.get_color())
+        if c["co_epochs"]:
+            first = c["co_epochs"][0]
+            i = c["epoch"].index(first)
+            ax_pgd.plot(first, 100 * c["pgd_acc"][i], "x", ms=12, mew=2, color=line.get_color())
+            ax_cos.plot(first, c["grad_align"][i], "x", ms=12, mew=2, color=line.get_color())
+    ax_pgd.set(xlabel="epoch", ylabel="PGD accuracy (%), monitor batch",
+               title="robustness (x: catastrophic overfitting)")
+    ax_cos.set(xlabel="epoch", ylabel="cos(grad at x, grad at x + eta)",
+               title="gradient alignment")
+    ax_pgd.legend(fontsize=8)
+    if args.title:
+        fig.suptitle(args.title)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    print(f"wrote {args.out} ({len(curves)} runs)")
+    return 0

@@ -1,0 +1,93 @@
+"""`python -m gradalign_fast train`: one training run (gradalign_fast.trainer.train)."""
+from __future__ import annotations
+
+import sys
+
+from ..methods import METHODS
+from ..trainer import USER_ERRORS, TrainConfig, train
+
+EPS_UNITS = ("255", "unit")
+
+
+def add_eps_arguments(parser, default_help: str) -> None:
+    parser.add_argument("--eps", type=float, default=None,
+                        help=f"L-inf radius in /255 units (8 means 8/255; MNIST's 0.3 is 76.5); "
+                             f"default: {default_help}")
+    parser.add_argument("--eps-units", choices=EPS_UNITS, default="255",
+                        help="'unit' to give --eps in [0, 1] input units instead (0.3)")
+
+
+def eps_from_args(eps, units: str):
+    """--eps in [0, 1] units; a value in (0, 1) with /255 units is rejected as a likely mix-up."""
+    if eps is None:
+        return None
+    if units == "unit":
+        if not 0 <= eps <= 1:
+            raise ValueError(f"--eps {eps} with --eps-units unit must be in [0, 1]")
+        return eps
+    if 0 < eps < 1:
+        raise ValueError(f"--eps {eps} looks like [0, 1] units, but --eps is in /255 units "
+                         f"(8 means 8/255): pass --eps {eps * 255:g}, or add --eps-units unit")
+    if not 0 <= eps <= 255:
+        raise ValueError(f"--eps {eps} is outside [0, 255] (/255 units)")
+    return eps / 255
+
+
+def add_arguments(parser) -> None:
+    a = parser.add_argument
+    a("--method", default="gradalign", help=f"one of {', '.join(sorted(METHODS))}")
+    a("--dataset", default="mnist_subset",
+      help="mnist_subset (shipped), mnist, cifar10, svhn, imagenet")
+    a("--data-dir", default=None, help="where the dataset's files are (not for mnist_subset)")
+    a("--model", default=None, help="default: the dataset's (mnist_cnn, preact_resnet18, ...)")
+    add_eps_arguments(parser, "the dataset's (8/255; 0.3 for MNIST)")
+    a("--lam", type=float, default=None,
+      help="regulariser weight (GradAlign default: the paper's lambda for --eps)")
+    a("--epochs", type=int, default=None)
+    a("--batch-size", type=int, default=None)
+    a("--lr-max", type=float, default=None, help="peak of the cyclic learning rate")
+    a("--lr-schedule", default=None, help="cyclic (default), piecewise or constant")
+    a("--eps-warmup-epochs", type=float, default=None)
+    a("--n-train", type=int, default=None, help="train on the first N training points")
+    a("--n-eval", type=int, default=1000, help="final evaluation on the first N test points")
+    a("--full-eval", action="store_true", help="final evaluation on the whole test set")
+    a("--eval-attacks", default="clean,pgd-50-10",
+      help="comma-separated: clean, pgd-STEPS-RESTARTS, autoattack")
+    a("--out", default="runs/run", help="output directory")
+    a("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    a("--seed", type=int, default=0)
+    a("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    a("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision")
+    a("--stop-on-co", action="store_true", help="stop at catastrophic overfitting")
+    a("--monitor-every", type=int, default=200,
+      help="CO-monitor period in iterations (0: epoch ends only)")
+    a("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun")
+    a("--workers", type=int, default=0, help="data-loading processes")
+    a("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from_args(args) -> TrainConfig:
+    return TrainConfig(
+        method=args.method, dataset=args.dataset, data_dir=args.data_dir, model=args.model,
+        eps=eps_from_args(args.eps, args.eps_units), lam=args.lam, epochs=args.epochs,
+        batch_size=args.batch_size, lr_max=args.lr_max, lr_schedule=args.lr_schedule,
+        eps_warmup_epochs=args.eps_warmup_epochs, n_train=args.n_train,
+        n_eval=None if args.full_eval else args.n_eval, eval_attacks=args.eval_attacks,
+        seed=args.seed, device=args.device, amp=args.amp, out_dir=args.out,
+        monitor_every=args.monitor_every, stop_on_co=args.stop_on_co, resume=args.resume,
+        sync_bn=args.sync_bn, num_workers=args.workers, progress=not args.no_progress)
+
+
+def run(args) -> int:
+    try:
+        final = train(config_from_args(args))
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if final:  # rank 0
+        accs = ", ".join(f"{k} {v:.2%}" for k, v in final["accuracy"].items())
+        co = f"; CO at epoch {final['co_epoch']:g}" if final["co"] else ""
+        print(f"{final['method']} eps={final['eps_255']:g}/255 on {final['dataset']}: {accs} "
+              f"(n={final['n_eval']}); {final['epochs_done']} epochs in "
+              f"{final['train_time_s']:.1f}s{co}; wrote {final['out_dir']}/final.json")
+    return 0

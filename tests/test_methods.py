@@ -1,0 +1,87 @@
+"""Each training method against the pure-PyTorch reference, in float64."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gradalign_fast import reference
+from gradalign_fast.methods import METHODS, make_method, train_step
+from test_trainer import one_thread  # noqa: F401 (autouse: one CPU thread per test)
+
+EPS = 0.1
+KW = {"gradalign": {"lam": 0.5}, "cure": {"lam": 0.5}}
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Softplus(), nn.Flatten(),
+                         nn.Linear(4 * 6 * 6, 5)).double()
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    return (torch.rand(8, 1, 6, 6, generator=g, dtype=torch.float64),
+            torch.randint(0, 5, (8,), generator=g))
+
+
+def test_fgsm_matches_reference():
+    model, (x, y) = _model(), _batch()
+    delta, grad = make_method("fgsm", EPS).perturb(model, x, y)
+    ref_delta, ref_grad = reference.fgsm(model, x, y, EPS)
+    torch.testing.assert_close(delta, ref_delta, rtol=0, atol=0)
+    torch.testing.assert_close(grad, ref_grad)
+
+
+@pytest.mark.parametrize("name, ref", [
+    ("fgsm_rs", lambda m, x, y: reference.fgsm_rs(m, x, y, EPS)),
+    ("nfgsm", lambda m, x, y: reference.nfgsm(m, x, y, EPS)),
+    ("pgd", lambda m, x, y: reference.pgd(m, x, y, EPS, 2.5 * EPS / 10, 10)),
+])
+def test_random_start_methods_match_reference_with_the_same_seed(name, ref):
+    model, (x, y) = _model(), _batch()
+    torch.manual_seed(5)
+    delta, grad = make_method(name, EPS).perturb(model, x, y)
+    torch.manual_seed(5)
+    torch.testing.assert_close(delta, ref(model, x, y), rtol=0, atol=1e-12)
+    assert grad is None
+
+
+def test_gradalign_step_equals_reference_loss_and_gradient():
+    model, (x, y) = _model(), _batch()
+    before = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)  # so the update is minus the gradient
+    method = make_method("gradalign", EPS, lam=0.5)
+    torch.manual_seed(9)
+    out = train_step(method, model, opt, x, y)
+
+    torch.manual_seed(9)
+    delta, grad = reference.fgsm(before, x, y, EPS)
+    reg = reference.gradalign_regularizer(before, x, y, EPS, 0.5, grad_clean=grad)
+    total = F.cross_entropy(before(x + delta), y) + reg
+    grads = torch.autograd.grad(total, list(before.parameters()))
+    torch.testing.assert_close(out["reg"], reg.detach())
+    for p0, p1, g in zip(before.parameters(), model.parameters(), grads):
+        torch.testing.assert_close(p0 - p1, g)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_train_step_changes_the_parameters(name):
+    model, (x, y) = _model(), _batch()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    out = train_step(make_method(name, EPS, **KW.get(name, {})), model, opt, x, y)
+    assert torch.isfinite(out["loss"]) and 0 <= out["correct"] <= len(y)
+    assert all(not torch.equal(p0, p1) for p0, p1 in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("name", ["cure", "llr"])
+def test_cure_and_llr_regularisers_are_nonnegative_and_reach_the_parameters(name):
+    model, (x, y) = _model(), _batch()
+    method = make_method(name, EPS, **KW.get(name, {}))
+    _, grad_clean = reference.fgsm(model, x, y, EPS)
+    reg = method.regularizer(model, x, y, grad_clean)
+    assert reg.dim() == 0 and reg.item() >= 0
+    grads = torch.autograd.grad(reg, list(model.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
