@@ -31,7 +31,7 @@ class COMonitor:
     """
 
     def __init__(self, x, y, eps: float, pgd_steps: int = 10, pgd_alpha: float | None = None,
-                 rel_drop: float = 0.5, fgsm_tol: float = 0.05, min_best: float = 0.05,
+                 rel_drop: float = 0.5, fgsm_tol: float = 0.05, min_best: float = 0.2,
                  batch_size: int = 256, seed: int = 0):
         if len(x) == 0 or len(x) != len(y):
             raise ValueError(f"monitor batch: need as many labels as images (> 0), got "

@@ -106,3 +106,29 @@ def test_bad_config_is_rejected(tmp_path, bad, match):
     cfg = {**TINY, "out_dir": str(tmp_path), "epochs": 1, **bad}
     with pytest.raises(ValueError, match=match):
         train(TrainConfig(**cfg))
+
+
+# ---------------------------------------------------------------- recipe
+def test_lambda_table_and_log_linear_interpolation():
+    from gradalign_fast.recipe import LAMBDA_TABLE, lambda_for_eps
+
+    for eps, lam in LAMBDA_TABLE:
+        assert lambda_for_eps(eps) == pytest.approx(lam)
+    assert lambda_for_eps(3) == pytest.approx((0.036 * 0.063) ** 0.5)  # geometric mean
+    assert lambda_for_eps(0.5) == pytest.approx(0.027) and lambda_for_eps(30) == pytest.approx(2)
+    with pytest.raises(ValueError, match="eps_255"):
+        lambda_for_eps(-1)
+
+
+def test_cyclic_lr_peaks_at_two_fifths_and_eps_warmup():
+    from gradalign_fast.recipe import eps_at, lr_at, recipe_for
+
+    lrs = [lr_at(s, 10, 5, 0.2) for s in range(50)]
+    assert max(lrs) == pytest.approx(0.2) and lrs.index(max(lrs)) == 19  # end of epoch 2 of 5
+    assert lrs[-1] == 0 and lrs[9] == pytest.approx(0.1)
+    assert lr_at(30, 10, 5, 0.2, "piecewise") == pytest.approx(0.02)
+    assert [eps_at(s, 4, 0.3) for s in (0, 2, 4, 9)] == pytest.approx([0, 0.15, 0.3, 0.3])
+    assert recipe_for("cifar10", "gradalign").lr_max == 0.3
+    assert recipe_for("cifar10", "fgsm").lr_max == 0.2 and recipe_for("svhn", "fgsm").epochs == 15
+    with pytest.raises(ValueError, match="lr schedule"):
+        lr_at(0, 1, 1, 0.1, "cosine")
