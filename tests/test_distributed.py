@@ -14,15 +14,10 @@ import torch.nn.functional as F
 
 from gradalign_fast import GradAlignLoss, attacks, distributed
 from gradalign_fast.methods import make_method, train_step
+from test_methods import _model  # the small float64 conv net
 
 EPS, LAM, STEPS, BATCH = 0.1, 1.0, 3, 8
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Softplus(), nn.Flatten(),
-                         nn.Linear(4 * 6 * 6, 5)).double()
 
 
 def _batches():
