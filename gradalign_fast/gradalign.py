@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from . import ops
 from .attacks import input_gradient
+from .fast_double_backward import fast_double_backward
 from .reference import LossFn
 
 
@@ -110,8 +111,11 @@ class GradAlignLoss(nn.Module):
         if noise is None:
             noise = ops.random_delta(x, self.eps, clip_to_box=False)
         x_noisy = (x + noise.detach()).requires_grad_(True)
-        loss = self.loss_fn(model(x_noisy), y)
-        (grad_noisy,) = torch.autograd.grad(loss, x_noisy, create_graph=True)
+        fdb = fast_double_backward()
+        with fdb:
+            loss = self.loss_fn(model(x_noisy), y)
+        with fdb.input_grad_only():
+            (grad_noisy,) = torch.autograd.grad(loss, x_noisy, create_graph=True)
         cos, norm_clean, norm_noisy = ops.cosine(grad_clean.detach().to(grad_noisy.dtype),
                                                  grad_noisy)
         valid = (norm_clean > 0) & (norm_noisy > 0)

@@ -1,4 +1,5 @@
 """GradAlignLoss against the authors' formulation (reference.gradalign_regularizer)."""
+import contextlib
 import copy
 
 import pytest
@@ -218,3 +219,75 @@ def test_bad_call_arguments():
         args.update(override)
         with pytest.raises(exc, match=match):
             reg(model, **args)
+
+
+# ---------------------------------------------------------------- fast double backward layers
+def _fdb_layers():
+    """(name, fn(x, w, b), inputs) of each Function of fast_double_backward, float64."""
+    from gradalign_fast.fast_double_backward import fast_double_backward
+
+    g = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_(True)
+    fdb = fast_double_backward()
+    return fdb, [
+        ("batch_norm", lambda x, w, b: F.batch_norm(x, None, None, w, b, True),
+         (r(3, 2, 3, 3), r(2), r(2))),
+        ("batch_norm_1d", lambda x, w, b: F.batch_norm(x, None, None, w, b, True),
+         (r(6, 3), r(3), r(3))),
+        ("relu", lambda x, w, b: F.relu(x) * w.sum() + b.sum(), (r(3, 4, 5), r(2), r(2))),
+        ("conv2d", lambda x, w, b: F.conv2d(x, w, b, 2, 1), (r(2, 2, 5, 5), r(3, 2, 3, 3), r(3))),
+        ("conv2d_groups", lambda x, w, b: F.conv2d(x, w, b, 1, (1, 0), 1, 2),
+         (r(2, 4, 4, 4), r(4, 2, 3, 3), r(4))),
+    ]
+
+
+@pytest.mark.parametrize("i", range(5))
+def test_fast_double_backward_gradgradcheck(i):
+    fdb, layers = _fdb_layers()
+    name, fn, inputs = layers[i]
+
+    def fast(*a):
+        with fdb:
+            return fn(*a)
+
+    assert torch.autograd.gradcheck(fast, inputs, fast_mode=True), name
+    assert torch.autograd.gradgradcheck(fast, inputs, fast_mode=True), name
+
+
+@pytest.mark.parametrize("i", range(5))
+def test_fast_double_backward_equals_pytorch(i):
+    """Second derivatives of the GradAlign kind (input gradient, then all parameters)."""
+    fdb, layers = _fdb_layers()
+    name, fn, inputs = layers[i]
+
+    def second(fast):
+        with fdb if fast else contextlib.nullcontext():
+            y = fn(*inputs)
+        with fdb.input_grad_only() if fast else contextlib.nullcontext():
+            (gx,) = torch.autograd.grad((y.sin() * y).sum(), inputs[0], create_graph=True)
+        return torch.autograd.grad((gx * gx.cos()).sum(), inputs, allow_unused=True)
+
+    for a, b in zip(second(False), second(True)):
+        if a is None:
+            assert b is None or b.abs().max() == 0, name
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_fast_double_backward_running_stats_and_fallbacks():
+    """Running statistics update as PyTorch's; eval mode, autocast and in-place ReLU fall back."""
+    from gradalign_fast.fast_double_backward import fast_double_backward
+
+    bn1, x = nn.BatchNorm2d(3).double(), torch.randn(5, 3, 4, 4, dtype=torch.float64)
+    bn2 = copy.deepcopy(bn1)
+    with fast_double_backward():
+        y = bn1(x)
+        assert y.grad_fn.name().startswith("_BatchNormTrain")
+        bn1.eval()
+        assert "_BatchNorm" not in bn1(x).grad_fn.name()
+        assert F.relu(x.requires_grad_() * 1, inplace=True).grad_fn.name() != "_ReLUBackward"
+    torch.testing.assert_close(y, bn2(x))
+    for a, b in zip(bn1.buffers(), bn2.buffers()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+    with fast_double_backward(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "_ReLU" not in F.relu(x.float().requires_grad_()).grad_fn.name()
