@@ -66,7 +66,9 @@ def _extensions():
         import torch
         site = os.path.dirname(os.path.dirname(torch.__file__))
         include_dirs += [d for d in glob.glob(os.path.join(site, "nvidia", "cu*", "include"))]
-        extra["nvcc"] = opt + ["-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
+        # --extended-lambda: ATen/native/cuda/Loops.cuh (gpu_kernel) uses __device__ lambdas.
+        extra["nvcc"] = opt + ["-std=c++20", "--expt-relaxed-constexpr", "--extended-lambda",
+                               "-lineinfo"]
         sources += cuda_sources
         ext_cls = cpp_extension.CUDAExtension
         extra["cxx"].append("-DGRADALIGN_FAST_WITH_CUDA")
