@@ -88,6 +88,8 @@ def autoattack_accuracy(model, dataset, eps: float, n: int | None = 1000,
     with eval_mode(model), torch.no_grad():
         x0, _ = next(iter(make_loader(first(dataset, 1), 1)))
         n_classes = model(x0.to(dev)).shape[1]
+    if n_classes < 4:  # its targeted DLR loss reads the 4 largest logits
+        raise ValueError(f"AutoAttack (standard) needs at least 4 classes, got {n_classes}")
     atk = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
                                   n_classes=n_classes, seed=seed)
     return _accuracy(model, dataset, n, batch_size, device, "autoattack", progress,

@@ -1,11 +1,17 @@
 """Catastrophic-overfitting (CO) monitoring during training.
 
 On a fixed held-out batch: PGD accuracy (PGD-10, alpha = eps/4, one restart), FGSM accuracy and
-the gradient alignment E cos(grad_x l(x), grad_x l(x + eta)), eta ~ U([-eps, eps]^d). A CO event
-is flagged when PGD accuracy collapses (below (1 - rel_drop) times its best so far) while FGSM
-accuracy stays high (no lower than at the best PGD point minus fgsm_tol): the model is robust to
-its training attack but not to a multi-step one. Random starts and noise come from generators
-seeded at every measurement, so measuring neither changes nor depends on the global RNG.
+the gradient alignment E cos(grad_x l(x), grad_x l(x + eta)), eta ~ U([-eps, eps]^d).
+
+A CO event is a measurement where the model is robust to a single-step attack but not to a
+multi-step one, either
+  (a) PGD accuracy collapses, below (1 - rel_drop) times its best so far (once that best has
+      reached min_best), while FGSM accuracy stays high (no lower than at the best PGD point
+      minus fgsm_tol); or
+  (b) with the training eps at its full value (after any warm-up), FGSM accuracy is at least
+      min_fgsm while PGD accuracy is below fgsm_ratio times it (CO before any robustness).
+Random starts and noise come from generators seeded at every measurement, so measuring neither
+changes nor depends on the global RNG.
 """
 from __future__ import annotations
 
@@ -25,14 +31,14 @@ class COMonitor:
         x, y: the held-out batch (on the model's device).
         eps: the attack radius, input units.
         pgd_steps, pgd_alpha: PGD of the measurement (alpha = eps/4 by default).
-        rel_drop, fgsm_tol, min_best: the CO rule (see the module doc); no CO is flagged
-            before PGD accuracy has once reached min_best.
+        rel_drop, fgsm_tol, min_best, min_fgsm, fgsm_ratio: the CO rule (module doc).
         batch_size: chunk size of the measurement.
     """
 
     def __init__(self, x, y, eps: float, pgd_steps: int = 10, pgd_alpha: float | None = None,
                  rel_drop: float = 0.5, fgsm_tol: float = 0.05, min_best: float = 0.2,
-                 batch_size: int = 256, seed: int = 0):
+                 min_fgsm: float = 0.3, fgsm_ratio: float = 0.1, batch_size: int = 256,
+                 seed: int = 0):
         if len(x) == 0 or len(x) != len(y):
             raise ValueError(f"monitor batch: need as many labels as images (> 0), got "
                              f"{len(x)} and {len(y)}")
@@ -42,6 +48,7 @@ class COMonitor:
         self.pgd_steps = int(pgd_steps)
         self.pgd_alpha = self.eps / 4 if pgd_alpha is None else float(pgd_alpha)
         self.rel_drop, self.fgsm_tol, self.min_best = rel_drop, fgsm_tol, min_best
+        self.min_fgsm, self.fgsm_ratio = min_fgsm, fgsm_ratio
         self.batch_size, self.seed = batch_size, seed
         self.best_pgd = -1.0
         self.fgsm_at_best = 0.0
@@ -67,10 +74,13 @@ class COMonitor:
 
     def update(self, row: dict) -> dict:
         """Adds to a measured row "co" (this row is a CO event) and "best" (new best PGD
-        accuracy); returns the row."""
+        accuracy); returns the row. row["eps"], when given, is the current training eps."""
         pgd, fgsm = row["pgd_acc"], row["fgsm_acc"]
-        co = (self.best_pgd >= self.min_best and pgd < (1 - self.rel_drop) * self.best_pgd
-              and fgsm >= self.fgsm_at_best - self.fgsm_tol)
+        collapsed = (self.best_pgd >= self.min_best and pgd < (1 - self.rel_drop) * self.best_pgd
+                     and fgsm >= self.fgsm_at_best - self.fgsm_tol)
+        full_eps = row.get("eps", self.eps) >= self.eps * (1 - 1e-6)
+        fgsm_only = full_eps and fgsm >= self.min_fgsm and pgd < self.fgsm_ratio * fgsm
+        co = collapsed or fgsm_only
         best = pgd > self.best_pgd
         if best:
             self.best_pgd, self.fgsm_at_best = pgd, fgsm
