@@ -1,6 +1,7 @@
 """GradAlignLoss: the GradAlign regulariser (Andriushchenko & Flammarion, NeurIPS 2020)."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 
 from . import ops
 from .attacks import input_gradient
+from .fast_approx import check_options, linearity_penalty, random_subset
 from .fast_double_backward import fast_double_backward
 from .reference import LossFn
 
@@ -41,18 +43,46 @@ class GradAlignLoss(nn.Module):
     the mean (the regulariser is 0 when none is left). Runs the model in whatever mode it is in
     (train-mode BatchNorm sees the extra forward, as in the authors' code).
 
+    The double backward runs through cheaper exact second derivatives of Conv2d, train-mode
+    BatchNorm and ReLU (gradalign_fast.fast_double_backward; same values as PyTorch's).
+
+    Approximate modes (options; the default, all off, is the exact regulariser above):
+
+    * ``fraction=rho`` (0 < rho <= 1): regularise a random ceil(rho * B) samples of the batch
+      (drawn anew each call). Train-mode BatchNorm then normalises the regulariser's forward
+      over those samples only. rho = 1 is the exact regulariser. Cost ~ rho x exact's extra.
+    * ``every=k`` (int >= 1): regularise on calls 0, k, 2k, ... of this object and return a
+      constant 0 (no extra forward or backward) on the others. On regularised calls lambda is
+      multiplied by k, so the regulariser's parameter gradient summed over k steps matches k
+      exact steps' (its time average is unchanged). k = 1 is exact.
+    * ``mode="linearity"``: no double backprop at all. The penalty is
+      lam * mean_i |l(x_i + d_i) - l(x_i) - d_i . g_i|, d = eps * sign(g), g = the (detached)
+      FGSM gradient: how far the loss along the FGSM step is from its linear prediction
+      (see fast_approx.linearity_penalty). One first-order forward/backward over [x; x + d].
+      Its scale is a loss, not 1 - cos: retune lam. loss_fn must accept reduction="none".
+      Combine with ``fraction`` to make it cheaper (fraction=0.25: ~1.3x FGSM's step).
+
+    The options combine (e.g. fraction=0.5, every=2).
+
     Args:
         eps: radius of the uniform noise, in input units (e.g. 8/255).
         lam: weight lambda of the regulariser.
         loss_fn: loss whose input gradients are aligned (default cross-entropy).
         check_finite: check x for NaN/inf (one device sync per call; disable for CUDA graphs).
+        mode: "exact" (GradAlign) or "linearity" (see above).
+        fraction: fraction of the batch regularised (see above).
+        every: regularise every k-th call (see above).
+        fast_layers: use gradalign_fast.fast_double_backward (False: PyTorch's own second
+            derivatives, same values; for comparison).
     Attributes:
-        last_cos: mean cosine of the last call (detached 0-dim tensor), for monitoring.
+        last_cos: mean cosine of the last regularised exact-mode call (detached 0-dim tensor),
+            for monitoring; None before the first and in linearity mode.
         last_valid: number of samples that entered that mean.
     """
 
     def __init__(self, eps: float, lam: float, loss_fn: LossFn = F.cross_entropy,
-                 check_finite: bool = True):
+                 check_finite: bool = True, mode: str = "exact", fraction: float = 1.0,
+                 every: int = 1, fast_layers: bool = True):
         super().__init__()
         for name, v in (("eps", eps), ("lam", lam)):
             if not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -61,15 +91,20 @@ class GradAlignLoss(nn.Module):
                 raise ValueError(f"GradAlignLoss: `{name}` must be >= 0, got {v}")
         if not callable(loss_fn):
             raise TypeError("GradAlignLoss: `loss_fn` must be callable (logits, y) -> loss")
+        check_options(mode, fraction, every)
         self.eps = float(eps)
         self.lam = float(lam)
         self.loss_fn = loss_fn
         self.check_finite = check_finite
+        self.mode, self.fraction, self.every = mode, float(fraction), every
+        self.fast_layers = bool(fast_layers)
+        self._calls = 0  # forward calls so far, for `every`
         self.last_cos: torch.Tensor | None = None
         self.last_valid: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
-        return f"eps={self.eps}, lam={self.lam}"
+        return (f"eps={self.eps}, lam={self.lam}, mode={self.mode!r}, fraction={self.fraction},"
+                f" every={self.every}")
 
     def _check(self, model, x, y, grad_clean, noise) -> None:
         if not isinstance(model, nn.Module) and not callable(model):
@@ -105,17 +140,32 @@ class GradAlignLoss(nn.Module):
                 grad_clean: torch.Tensor | None = None,
                 noise: torch.Tensor | None = None) -> torch.Tensor:
         self._check(model, x, y, grad_clean, noise)
-        x = x.detach()
+        if self.every > 1:
+            step, self._calls = self._calls, self._calls + 1
+            if step % self.every:
+                return x.new_zeros(())  # a skipped step: no pass at all
+        batch = x.shape[0]
+        x, y, grad_clean, noise = random_subset(self.fraction, x.detach(), y, grad_clean, noise)
         if grad_clean is None:
-            grad_clean = input_gradient(model, x, y, self.loss_fn)
+            grad_clean, batch = input_gradient(model, x, y, self.loss_fn), x.shape[0]
+        scale = self.lam * self.every
+        if self.mode == "linearity":
+            return scale * linearity_penalty(model, x, y, grad_clean, self.eps, batch,
+                                             self.loss_fn)
+        return scale * (1.0 - self._mean_cos(model, x, y, grad_clean, noise))
+
+    def _mean_cos(self, model, x, y, grad_clean, noise) -> torch.Tensor:
+        """Mean cosine over the samples with two nonzero gradients; 1 when there are none
+        (the regulariser is then 0)."""
         if noise is None:
             noise = ops.random_delta(x, self.eps, clip_to_box=False)
         x_noisy = (x + noise.detach()).requires_grad_(True)
-        fdb = fast_double_backward()
-        with fdb:
+        fdb = fast_double_backward() if self.fast_layers else None
+        with fdb or contextlib.nullcontext():
             loss = self.loss_fn(model(x_noisy), y)
-        with fdb.input_grad_only():
+        with fdb.input_grad_only() if fdb else contextlib.nullcontext():
             (grad_noisy,) = torch.autograd.grad(loss, x_noisy, create_graph=True)
+        # grad_noisy: [b, ...]; cos, norms: [b] (float32, or float64 for float64 gradients)
         cos, norm_clean, norm_noisy = ops.cosine(grad_clean.detach().to(grad_noisy.dtype),
                                                  grad_noisy)
         valid = (norm_clean > 0) & (norm_noisy > 0)
@@ -123,4 +173,4 @@ class GradAlignLoss(nn.Module):
         mean_cos = cos.sum() / n_valid.clamp(min=1)  # cos is 0 where not valid
         self.last_cos = mean_cos.detach()
         self.last_valid = n_valid.detach()
-        return self.lam * (1.0 - mean_cos) * (n_valid > 0)
+        return torch.where(n_valid > 0, mean_cos, torch.ones_like(mean_cos))
