@@ -6,6 +6,8 @@ the gradients, so the update equals the single-process one on the global batch. 
 double backward works under DDP: the input gradients are taken with torch.autograd.grad (which
 fires none of DDP's parameter hooks) and the parameters' gradients, of both the loss and the
 regulariser, come from the one backward of train_step; find_unused_parameters stays off.
+SyncBatchNorm (sync_bn) is CUDA-only in torch and its backward is not twice differentiable, so
+the trainer allows it only on CUDA and with single-backprop methods (FGSM, FGSM-RS, N-FGSM, PGD).
 """
 from __future__ import annotations
 

@@ -110,6 +110,12 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                          f"{recipe.LR_SCHEDULES}")
     if cfg.amp not in (None, *AMP_DTYPES):
         raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {cfg.amp!r}")
+    if cfg.sync_bn and torch.device(cfg.device).type != "cuda":
+        raise ValueError("sync_bn needs CUDA: torch's SyncBatchNorm runs on GPUs only")
+    if cfg.sync_bn and METHODS[cfg.method].double_backprop:
+        raise ValueError(f"sync_bn does not work with {cfg.method!r}: torch's SyncBatchNorm "
+                         f"backward is not twice differentiable, and {cfg.method} "
+                         f"double-backpropagates; use plain (per-process) BatchNorm")
     if cfg.monitor_every < 0:
         raise ValueError(f"monitor_every must be >= 0, got {cfg.monitor_every}")
     evaluation.parse_attacks(cfg.eval_attacks)

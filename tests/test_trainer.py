@@ -101,6 +101,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
     (dict(dataset="cifar100"), "unknown dataset"),
     (dict(method="cure"), "needs lam"),
     (dict(n_train=10 ** 6), "n_train"),
+    (dict(sync_bn=True, device="cpu"), "sync_bn needs CUDA"),
+    (dict(sync_bn=True, device="cuda"), "not twice differentiable"),
 ])
 def test_bad_config_is_rejected(tmp_path, bad, match):
     cfg = {**TINY, "out_dir": str(tmp_path), "epochs": 1, **bad}
