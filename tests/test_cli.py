@@ -1,8 +1,5 @@
 """`python -m gradalign_fast train|eval|plot` end to end, and their errors."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -64,9 +61,14 @@ def test_eval_and_plot_errors(tmp_path, capsys):
     assert "no epoch rows" in capsys.readouterr().err
 
 
-def test_module_entry_point_exits_nonzero_on_bad_input(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "gradalign_fast", "train", "--eps", "0.03",
-                        "--out", str(tmp_path)], capture_output=True, text=True, env=env,
-                       cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert p.returncode == 1 and "pass --eps 7.65, or add --eps-units unit" in p.stderr
+def test_plot_marks_the_first_co_row(tmp_path):
+    from gradalign_fast.commands.plot import load_curves
+    from gradalign_fast.monitor import MetricsLog
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for kind, epoch, pgd, co in [("epoch", 1, 0.3, False), ("iter", 1.5, 0.01, True),
+                                 ("epoch", 2, 0.0, True)]:
+        log.append({"kind": kind, "epoch": epoch, "pgd_acc": pgd, "grad_align": 0.5, "co": co})
+    curves = load_curves(tmp_path)
+    assert curves["epoch"] == [1, 2] and curves["co"]["epoch"] == 1.5
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "a.png")]) == 0

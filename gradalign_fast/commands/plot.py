@@ -25,14 +25,16 @@ def _label(run: Path) -> str:
 
 
 def load_curves(run) -> dict:
-    """{"label", "epoch", "pgd_acc", "grad_align", "co_epochs"} of a run directory's epoch rows."""
+    """{"label", "epoch", "pgd_acc", "grad_align"} of a run directory's epoch rows, and "co":
+    the first CO row (epoch rows or in-epoch ones), or None."""
     run = Path(run)
-    rows = [r for r in MetricsLog(run / "metrics.jsonl").read() if r["kind"] == "epoch"]
+    all_rows = MetricsLog(run / "metrics.jsonl").read()
+    rows = [r for r in all_rows if r["kind"] == "epoch"]
     if not rows:
         raise ValueError(f"{run} has no epoch rows in metrics.jsonl (is it a run directory?)")
     return {"label": _label(run), "epoch": [r["epoch"] for r in rows],
             "pgd_acc": [r["pgd_acc"] for r in rows], "grad_align": [r["grad_align"] for r in rows],
-            "co_epochs": [r["epoch"] for r in rows if r["co"]]}
+            "co": next((r for r in all_rows if r["co"]), None)}
 
 
 def run(args) -> int:
@@ -51,11 +53,11 @@ def run(args) -> int:
         line, = ax_pgd.plot(c["epoch"], [100 * a for a in c["pgd_acc"]], marker=".",
                             label=c["label"])
         ax_cos.plot(c["epoch"], c["grad_align"], marker=".", color=line.get_color())
-        if c["co_epochs"]:
-            first = c["co_epochs"][0]
-            i = c["epoch"].index(first)
-            ax_pgd.plot(first, 100 * c["pgd_acc"][i], "x", ms=12, mew=2, color=line.get_color())
-            ax_cos.plot(first, c["grad_align"][i], "x", ms=12, mew=2, color=line.get_color())
+        co = c["co"]
+        if co is not None:
+            ax_pgd.plot(co["epoch"], 100 * co["pgd_acc"], "x", ms=12, mew=2,
+                        color=line.get_color())
+            ax_cos.plot(co["epoch"], co["grad_align"], "x", ms=12, mew=2, color=line.get_color())
     ax_pgd.set(xlabel="epoch", ylabel="PGD accuracy (%), monitor batch",
                title="robustness (x: catastrophic overfitting)")
     ax_cos.set(xlabel="epoch", ylabel="cos(grad at x, grad at x + eta)",
