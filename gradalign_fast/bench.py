@@ -1,0 +1,242 @@
+"""Step time and peak memory of FGSM, FGSM-RS and FGSM+GradAlign (plain, exact, approximate).
+
+`run_bench(...) -> list[dict]` measures every step variant of STEPS on one model and batch
+size in ONE interleaved run (round-robin over the variants, so that a noisy machine slows
+them alike), and reports medians and ratios to FGSM; `format_table(rows)` prints them.
+Used by `python -m gradalign_fast bench`, the demo command and benchmarks/.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import importlib.util
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import methods, models
+
+AUTHORS_FGSM_MINUTES = 9.5  # the authors' FGSM training run on CIFAR-10 (PreActResNet-18)
+BASELINE_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "benchmarks", "baseline_gradalign.py")
+LAM = 0.2  # GradAlign's lambda for eps = 8/255 in the paper (it does not change the cost)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One training-step variant: `build(eps, lam)` -> step(model, opt, x, y)."""
+
+    name: str
+    text: str
+    build: Callable
+    block: int = 1  # steps per timed sample (k for every-k: one sample = one full cycle)
+
+
+def _method(cls, **kw):
+    def build(eps, lam):
+        method = cls(eps, lam, **kw) if cls is methods.GradAlign else cls(eps, **kw)
+        return lambda model, opt, x, y: methods.train_step(method, model, opt, x, y)
+    return build
+
+
+def _plain(eps, lam):
+    spec = importlib.util.spec_from_file_location("baseline_gradalign", BASELINE_FILE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return lambda model, opt, x, y: mod.plain_gradalign_step(model, opt, x, y, eps, lam)
+
+
+STEPS = [
+    Variant("fgsm", "FGSM", _method(methods.FGSM)),
+    Variant("fgsm_rs", "FGSM-RS", _method(methods.FGSMRS)),
+    Variant("gradalign_plain", "FGSM+GradAlign, plain PyTorch (authors')", _plain),
+    Variant("gradalign", "FGSM+GradAlign exact (gradalign_fast)", _method(methods.GradAlign)),
+    Variant("gradalign_torch2nd", "  exact, PyTorch's 2nd derivatives",
+            _method(methods.GradAlign, fast_layers=False)),
+    Variant("ga_fraction0.25", "  approx: fraction=0.25", _method(methods.GradAlign,
+                                                                  fraction=0.25)),
+    Variant("ga_every4", "  approx: every=4", _method(methods.GradAlign, every=4), block=4),
+    Variant("ga_linearity", "  approx: mode='linearity', fraction=0.25",
+            _method(methods.GradAlign, mode="linearity", fraction=0.25)),
+]
+QUICK = dict(model_names=("mnist_cnn", "preact_resnet18_narrow"), batch_sizes=(32,), reps=5, warmup=1)
+
+
+def input_shape(model_name: str) -> tuple[int, int, int]:
+    return (1, 28, 28) if model_name.startswith("mnist") else (3, 32, 32)
+
+
+def default_eps(model_name: str) -> float:
+    return 0.3 if model_name.startswith("mnist") else 8 / 255
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "cpu"
+
+
+def memory_method(device: torch.device) -> str:
+    """How `peak_mib` is measured: resident tensors (parameters, gradients, optimizer state,
+    batch) + the peak of what one step allocates above them."""
+    step = ("CUDA max_memory_allocated" if device.type == "cuda" else
+            "torch.profiler memory events (bytes allocated/freed by torch ops, summed in time "
+            "order)")
+    return f"parameters+gradients+optimizer state+batch, plus the step's peak by {step}"
+
+
+def _timed(device: torch.device, fn: Callable[[], None]) -> float:
+    """Seconds of fn(), waiting for the device."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def peak_memory(device: torch.device, fn: Callable[[], None]) -> int:
+    """Peak bytes allocated by fn() above what was allocated before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage),
+                    key=lambda e: e.time_range.start)
+    current = peak = 0
+    for e in events:
+        current += e.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
+def resident_bytes(model, opt, x, y) -> int:
+    """Bytes of the tensors that live across steps: parameters, gradients, optimizer state,
+    the batch."""
+    tensors = [x, y] + [t for p in model.parameters() for t in (p, p.grad) if t is not None]
+    tensors += [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _setup(model_name, batch, device, channels_last, seed=0):
+    """A model (train mode) and one random batch in [0, 1]."""
+    torch.manual_seed(seed)
+    model = models.build_model(model_name, in_channels=input_shape(model_name)[0]).to(device)
+    x = torch.rand(batch, *input_shape(model_name), device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    return model, x, y
+
+
+def run_bench(model_names=("preact_resnet18_narrow",), batch_sizes=(32,), device="cpu", reps=7,
+              warmup=2, steps=None, amp_dtype=None, channels_last=False,
+              log: Callable[[str], None] | None = None) -> list[dict]:
+    """One row per (model, batch size, step variant), all measured in this one run.
+
+    steps: names of STEPS (default all). amp_dtype: e.g. torch.bfloat16 (autocast around every
+    variant alike). Row keys: model, batch, step, text, ms (median per step), ratio (to fgsm),
+    peak_mib (see memory_method), step_peak_mib (the step's own peak above the resident
+    tensors), mem_ratio (peak_mib to fgsm's), minutes (ratio x the authors' 9.5-min FGSM
+    CIFAR-10 run; None for MNIST-shaped models), reps.
+    """
+    device = torch.device(device)
+    variants = [v for v in STEPS if steps is None or v.name in steps]
+    if "fgsm" not in [v.name for v in variants]:
+        variants.insert(0, STEPS[0])  # the ratios need it
+    amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else \
+        contextlib.nullcontext
+    rows = []
+    for model_name in model_names:
+        for batch in batch_sizes:
+            base, x, y = _setup(model_name, batch, device, channels_last)
+            eps = default_eps(model_name)
+            runs, models_, opts = {}, {}, {}
+            for v in variants:
+                model = models_[v.name] = copy.deepcopy(base)
+                opt = opts[v.name] = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+                step = v.build(eps, LAM)
+
+                def run(step=step, model=model, opt=opt, block=v.block):
+                    with amp():
+                        for _ in range(block):
+                            step(model, opt, x, y)
+                runs[v.name] = run
+            for v in variants:
+                for _ in range(warmup):
+                    runs[v.name]()
+            times = {v.name: [] for v in variants}
+            for _ in range(reps):  # interleaved: a slow moment slows every variant
+                for v in variants:
+                    times[v.name].append(_timed(device, runs[v.name]) / v.block)
+            peaks = {v.name: peak_memory(device, runs[v.name]) for v in variants}
+            resident = {v.name: resident_bytes(models_[v.name], opts[v.name], x, y)
+                        for v in variants}
+            ms = {k: 1e3 * statistics.median(t) for k, t in times.items()}
+            for v in variants:
+                ratio = ms[v.name] / ms["fgsm"]
+                rows.append(dict(
+                    model=model_name, batch=batch, step=v.name, text=v.text,
+                    ms=round(ms[v.name], 3), ratio=round(ratio, 3),
+                    step_peak_mib=round(peaks[v.name] / 2**20, 2),
+                    peak_mib=round((peaks[v.name] + resident[v.name]) / 2**20, 2),
+                    mem_ratio=round((peaks[v.name] + resident[v.name])
+                                    / (peaks["fgsm"] + resident["fgsm"]), 3),
+                    minutes=(round(ratio * AUTHORS_FGSM_MINUTES, 1)
+                             if input_shape(model_name)[0] == 3 else None),
+                    reps=reps))
+            if log:
+                log(f"measured {model_name} batch {batch}")
+    return rows
+
+
+def metadata(device, amp_dtype=None, channels_last=False) -> dict:
+    device = torch.device(device)
+    return dict(device=device_name(device), device_type=device.type,
+                threads=torch.get_num_threads(), torch=torch.__version__,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                precision=str(amp_dtype).replace("torch.", "") if amp_dtype else "float32",
+                channels_last=channels_last, memory=memory_method(device),
+                minutes="ratio to FGSM x the authors' 9.5-minute FGSM run on CIFAR-10")
+
+
+def format_table(rows: list[dict], meta: dict | None = None) -> str:
+    """The rows as one fixed-width table (with a header line from `meta` when given)."""
+    lines = []
+    if meta:
+        lines.append(f"device: {meta['device']} ({meta['threads']} threads), torch "
+                     f"{meta['torch']}, {meta['precision']}"
+                     f"{', channels_last' if meta['channels_last'] else ''}, {meta['date']}")
+        lines.append(f"peak MiB: {meta['memory']}; step MiB: that step's own peak")
+        lines.append(f"CIFAR-10 min: {meta['minutes']}")
+    head = (f"{'model':<23} {'batch':>5}  {'step':<44} {'ms/step':>9} {'x FGSM':>7} "
+            f"{'peak MiB':>9} {'x FGSM':>7} {'step MiB':>9} {'CIFAR-10 min':>12}")
+    lines += [head, "-" * len(head)]
+    for r in rows:
+        minutes = "-" if r["minutes"] is None else f"{r['minutes']:.1f}"
+        lines.append(f"{r['model']:<23} {r['batch']:>5}  {r['text']:<44} {r['ms']:>9.1f} "
+                     f"{r['ratio']:>7.2f} {r['peak_mib']:>9.1f} {r['mem_ratio']:>7.2f} "
+                     f"{r['step_peak_mib']:>9.1f} {minutes:>12}")
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""`python -m gradalign_fast bench`: one table of step times, ratios to FGSM and peak memory."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+
+from ..bench import BASELINE_FILE, QUICK, STEPS
+
+RESULTS_DIR = os.path.join(os.path.dirname(BASELINE_FILE), "results")
+AMP = {"none": None, "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _csv(cast):
+    return lambda text: [cast(v) for v in text.split(",") if v]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", type=_csv(str), default=None,
+                        help="model name(s), comma-separated (default: preact_resnet18 on CUDA, "
+                             "preact_resnet18_narrow on CPU)")
+    parser.add_argument("--batch-sizes", type=_csv(int), default=None,
+                        help="comma-separated (default 32,128 on CPU; 128,256,512 on CUDA)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--reps", type=int, default=7, help="timed steps per variant (median)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=_csv(str), default=None,
+                        help="variants, comma-separated, of: " + ", ".join(v.name for v in STEPS))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--amp", choices=sorted(AMP), default="none",
+                        help="autocast dtype for every variant alike")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="MNIST CNN and narrow PreActResNet-18, batch 32, 5 reps (~30 s on CPU)")
+    parser.add_argument("--out", nargs="?", const="auto", default=None,
+                        help="write JSON (+ the table as .md); no value: "
+                             "benchmarks/results/<device>_<date>.json")
+    parser.add_argument("--plot", nargs="?", const="auto", default=None,
+                        help="PNG of the ratio to FGSM vs batch size (no value: next to --out)")
+
+
+def _options(args, torch) -> dict:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    opts = dict(device=device, reps=args.reps, warmup=args.warmup, steps=args.steps,
+                channels_last=args.channels_last,
+                amp_dtype=getattr(torch, AMP[args.amp]) if AMP[args.amp] else None)
+    if args.quick:
+        opts.update(QUICK)
+    cuda = device.startswith("cuda")
+    if args.model:
+        opts["model_names"] = args.model
+    elif not args.quick:
+        opts["model_names"] = ["preact_resnet18" if cuda else "preact_resnet18_narrow"]
+    if args.batch_sizes:
+        opts["batch_sizes"] = args.batch_sizes
+    elif not args.quick:
+        opts["batch_sizes"] = [128, 256, 512] if cuda else [32, 128]
+    return opts
+
+
+def plot_ratios(rows, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for step in dict.fromkeys(r["step"] for r in rows):
+            pts = sorted((r["batch"], r["ratio"]) for r in rows
+                         if r["model"] == model and r["step"] == step)
+            if step != "fgsm" and pts:
+                ax.plot(*zip(*pts), marker="o", label=f"{model}: {step}")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("step time / FGSM step time")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    import torch
+
+    from .. import bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    opts = _options(args, torch)
+    rows = bench.run_bench(**opts)
+    meta = bench.metadata(opts["device"], opts["amp_dtype"], opts["channels_last"])
+    table = bench.format_table(rows, meta)
+    print(table)
+    out = args.out
+    if out == "auto":
+        stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M")
+        out = os.path.join(RESULTS_DIR, f"{meta['device_type']}_{stamp}.json")
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump({"meta": meta, "options": {k: str(v) for k, v in opts.items()},
+                       "rows": rows}, f, indent=1)
+        with open(os.path.splitext(out)[0] + ".md", "w") as f:
+            f.write("```\n" + table + "\n```\n")
+        print(f"wrote {out}")
+    if args.plot:
+        path = args.plot
+        if path == "auto":
+            path = (os.path.splitext(out)[0] if out else os.path.join(RESULTS_DIR, "bench")) + \
+                "_ratios.png"
+        plot_ratios(rows, path)
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,60 @@
+"""`bench` and `profile`: run_bench/format_table and the commands, on tiny sizes (no timing
+claims here: speed lives in benchmarks/)."""
+import json
+
+import pytest
+import torch
+
+from gradalign_fast import bench
+from gradalign_fast.cli import main
+
+TINY = dict(model_names=("mnist_cnn",), batch_sizes=(4,), reps=1, warmup=0)
+
+
+def test_run_bench_rows_and_table():
+    rows = bench.run_bench(**TINY, steps=["gradalign", "ga_every4", "gradalign_plain"])
+    assert [r["step"] for r in rows] == ["fgsm", "gradalign_plain", "gradalign", "ga_every4"]
+    fgsm = rows[0]
+    assert fgsm["ratio"] == 1.0 and fgsm["mem_ratio"] == 1.0 and fgsm["minutes"] is None
+    for r in rows:
+        assert r["ms"] > 0 and r["peak_mib"] >= r["step_peak_mib"] > 0
+    table = bench.format_table(rows, bench.metadata("cpu"))
+    assert "x FGSM" in table and "plain PyTorch" in table and "approx: every=4" in table
+    assert len(table.splitlines()) == 5 + len(rows)
+
+
+def test_cifar_rows_project_the_authors_minutes():
+    rows = bench.run_bench(model_names=("preact_resnet18_narrow",), batch_sizes=(2,), reps=1,
+                           warmup=0, steps=["fgsm_rs"])
+    assert rows[0]["minutes"] == bench.AUTHORS_FGSM_MINUTES
+    assert rows[1]["minutes"] == pytest.approx(rows[1]["ratio"] * 9.5, abs=0.06)
+
+
+def test_peak_memory_counts_live_tensors():
+    def fn():
+        a = torch.empty(2**20, dtype=torch.uint8)
+        b = torch.empty(2**20, dtype=torch.uint8)
+        del a, b
+        torch.empty(2**20, dtype=torch.uint8)
+    assert bench.peak_memory(torch.device("cpu"), fn) == 2 * 2**20
+
+
+def test_bench_command_writes_json_table_and_plot(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    rc = main(["bench", "--model", "mnist_cnn", "--batch-sizes", "4,8", "--reps", "1",
+               "--warmup", "0", "--steps", "fgsm,ga_fraction0.25", "--device", "cpu",
+               "--out", str(out), "--plot"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "approx: fraction=0.25" in printed
+    data = json.loads(out.read_text())
+    assert data["meta"]["torch"] == torch.__version__ and data["meta"]["device"]
+    assert {r["batch"] for r in data["rows"]} == {4, 8}
+    assert (tmp_path / "r.md").read_text().count("fraction=0.25") == 2
+    assert (tmp_path / "r_ratios.png").stat().st_size > 1000
+
+
+def test_bench_command_rejects_unknown_model(capsys):
+    with pytest.raises(ValueError, match="unknown model"):
+        main(["bench", "--model", "nope", "--batch-sizes", "2", "--reps", "1", "--warmup", "0",
+              "--device", "cpu"])
