@@ -74,7 +74,7 @@ def rng_state(loader_generator: torch.Generator) -> dict:
 
 def set_rng_state(state: dict, loader_generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"]:
+    if state["cuda"] and torch.cuda.is_available():  # skipped when a CUDA run resumes on CPU
         torch.cuda.set_rng_state_all(state["cuda"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))

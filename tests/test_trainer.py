@@ -134,3 +134,26 @@ def test_cyclic_lr_peaks_at_two_fifths_and_eps_warmup():
     assert recipe_for("cifar10", "fgsm").lr_max == 0.2 and recipe_for("svhn", "fgsm").epochs == 15
     with pytest.raises(ValueError, match="lr schedule"):
         lr_at(0, 1, 1, 0.1, "cosine")
+
+
+def test_stop_on_co_stops_at_the_first_event(tmp_path, monkeypatch):
+    from gradalign_fast.monitor import COMonitor
+
+    update = COMonitor.update
+
+    def co_from_iteration_6(self, row):
+        row = update(self, row)
+        row["co"] = row["co"] or row["iteration"] >= 6
+        return row
+
+    monkeypatch.setattr(COMonitor, "update", co_from_iteration_6)
+    final = train(TrainConfig(method="fgsm", epochs=3, stop_on_co=True, out_dir=str(tmp_path),
+                              **TINY))
+    # 4 iterations an epoch, a monitor row every 2: stops in epoch 2, after iteration 6
+    assert final["stopped_on_co"] and final["iterations"] == 6 and final["epochs_done"] == 2
+
+
+def test_bf16_autocast_trains(tmp_path):
+    final = train(TrainConfig(method="gradalign", epochs=1, amp="bf16", out_dir=str(tmp_path),
+                              **TINY))
+    assert final["last_monitor"]["train_loss"] > 0

@@ -86,7 +86,7 @@ def run(args) -> int:
         return 1
     if final:  # rank 0
         accs = ", ".join(f"{k} {v:.2%}" for k, v in final["accuracy"].items())
-        co = f"; CO at epoch {final['co_epoch']:g}" if final["co"] else ""
+        co = f"; CO at epoch {final['co_epoch']:.3g}" if final["co"] else ""
         print(f"{final['method']} eps={final['eps_255']:g}/255 on {final['dataset']}: {accs} "
               f"(n={final['n_eval']}); {final['epochs_done']} epochs in "
               f"{final['train_time_s']:.1f}s{co}; wrote {final['out_dir']}/final.json")
