@@ -7,12 +7,17 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from . import ops
 from .attacks import input_gradient
 from .fast_approx import check_options, linearity_penalty, random_subset
 from .fast_double_backward import fast_double_backward
 from .reference import LossFn
+
+# record_function ranges of one exact call, for `python -m gradalign_fast profile`
+PHASES = ("gradalign: forward at x+eta", "gradalign: input gradient (create_graph)",
+          "gradalign: cosine op")
 
 
 def _check_tensor_like(name: str, t, x: torch.Tensor) -> None:
@@ -161,13 +166,15 @@ class GradAlignLoss(nn.Module):
             noise = ops.random_delta(x, self.eps, clip_to_box=False)
         x_noisy = (x + noise.detach()).requires_grad_(True)
         fdb = fast_double_backward() if self.fast_layers else None
-        with fdb or contextlib.nullcontext():
+        with record_function(PHASES[0]), fdb or contextlib.nullcontext():
             loss = self.loss_fn(model(x_noisy), y)
-        with fdb.input_grad_only() if fdb else contextlib.nullcontext():
+        with record_function(PHASES[1]), fdb.input_grad_only() if fdb else \
+                contextlib.nullcontext():
             (grad_noisy,) = torch.autograd.grad(loss, x_noisy, create_graph=True)
         # grad_noisy: [b, ...]; cos, norms: [b] (float32, or float64 for float64 gradients)
-        cos, norm_clean, norm_noisy = ops.cosine(grad_clean.detach().to(grad_noisy.dtype),
-                                                 grad_noisy)
+        with record_function(PHASES[2]):
+            cos, norm_clean, norm_noisy = ops.cosine(grad_clean.detach().to(grad_noisy.dtype),
+                                                     grad_noisy)
         valid = (norm_clean > 0) & (norm_noisy > 0)
         n_valid = valid.sum()
         mean_cos = cos.sum() / n_valid.clamp(min=1)  # cos is 0 where not valid

@@ -58,3 +58,19 @@ def test_bench_command_rejects_unknown_model(capsys):
     with pytest.raises(ValueError, match="unknown model"):
         main(["bench", "--model", "nope", "--batch-sizes", "2", "--reps", "1", "--warmup", "0",
               "--device", "cpu"])
+
+
+def test_profile_phases_and_command(tmp_path, capsys):
+    from gradalign_fast import profiler
+
+    rows = profiler.profile_step("mnist_cnn", 4, "cpu", steps=1, warmup=0)
+    assert [r["phase"] for r in rows] == list(profiler.PHASES)
+    assert all(r["ms"] > 0 for r in rows if "cosine" not in r["phase"])
+    assert rows[2]["gradalign_only"] and not rows[1]["gradalign_only"]
+    assert "GradAlign's own phases" in profiler.format_phases(rows)
+    rc = main(["profile", "--model", "mnist_cnn", "--batch-size", "4", "--steps", "1",
+               "--device", "cpu", "--out-dir", str(tmp_path)])
+    assert rc == 0 and "double backward" in capsys.readouterr().out
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    assert any(e.get("name") == "gradalign: double backward" for e in trace["traceEvents"])
+    assert (tmp_path / "phases.png").stat().st_size > 1000
