@@ -16,8 +16,8 @@ backward is itself differentiated. PyTorch's generic second derivatives waste wo
   the input gradient (autograd.grad) computes no weight gradient (see input_grad_only()).
 
 `fast_double_backward()` is a TorchFunctionMode that routes F.conv2d, F.batch_norm (train mode,
-affine) and F.relu (not in place) to these Functions; everything else, and anything under
-autocast, runs as usual. Values and all derivatives equal PyTorch's (gradcheck/gradgradcheck in
+affine) and F.relu (not in place) to these Functions, under autocast too (conv2d in the autocast
+dtype as PyTorch's policy; BatchNorm with float32 statistics); everything else runs as usual. Values and all derivatives equal PyTorch's (gradcheck/gradgradcheck in
 float64, and the GradAlign reference, in tests/test_gradalign.py).
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ from torch.overrides import TorchFunctionMode
 
 
 def _channel_view(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Per-channel [C] -> broadcastable over x: [1, C, 1, ...]."""
-    return t.view((1, -1) + (1,) * (x.dim() - 2))
+    """Per-channel statistics [C] -> x's dtype, broadcastable over x: [1, C, 1, ...]."""
+    return t.to(x.dtype).view((1, -1) + (1,) * (x.dim() - 2))
 
 
 def _reduce_dims(x: torch.Tensor) -> list[int]:
@@ -85,7 +85,7 @@ class _BatchNormBackward(torch.autograd.Function):
         s = invstd
         vbar, w = sum_v / n, sum_vxh / n
         gbar, c = db / n, dw / n
-        m = (v * g).sum(dims) / n
+        m = torch.sum(v * g, dims, dtype=s.dtype) / n  # bf16 inputs: float32 sums
         k = m - vbar * gbar - w * c  # [C]; dR/ds = N*gamma*k
         grad_g = grad_x = grad_w = None
         if need_g:
@@ -222,8 +222,6 @@ def _relu(input, inplace=False):
 
 
 def _fast_path_ok(func, args, kwargs) -> bool:
-    if torch.is_autocast_enabled(args[0].device.type):
-        return False  # mixed dtypes: leave them to PyTorch's kernels
     if func is F.relu:
         return not kwargs.get("inplace", len(args) > 1 and args[1])
     if func is F.conv2d:
@@ -265,7 +263,15 @@ class fast_double_backward(TorchFunctionMode):
 
     def _conv2d(self, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         args = (_pair(stride), _pair(padding), _pair(dilation), groups)
-        return _Conv2d.apply(input, weight, bias, args, self)
+        dev = input.device.type
+        if not torch.is_autocast_enabled(dev):
+            return _Conv2d.apply(input, weight, bias, args, self)
+        # autocast's policy for conv2d, with differentiable casts outside the Function
+        dt = torch.get_autocast_dtype(dev)
+        input, weight = input.to(dt), weight.to(dt)
+        bias = None if bias is None else bias.to(dt)
+        with torch.autocast(dev, enabled=False):
+            return _Conv2d.apply(input, weight, bias, args, self)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
