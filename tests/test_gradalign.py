@@ -313,3 +313,57 @@ def test_fast_layers_under_autocast_match_pytorch():
     with fast_double_backward(), torch.autocast("cpu", dtype=torch.bfloat16):
         c = F.conv2d(x, model[0].weight)
     assert c.dtype == torch.bfloat16 and c.grad_fn.name().startswith("_Conv2d")
+
+
+# ---------------------------------------------------------------- CUDA-graph capture (GPU only)
+def test_captured_step_needs_cuda():
+    from gradalign_fast import methods
+    from gradalign_fast.fast_cuda_graph import CapturedStep
+
+    x, y = _batch(dtype=torch.float32)
+    model = small_cnn(torch.float32)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        CapturedStep(methods.FGSM(0.1), model, torch.optim.SGD(model.parameters(), 0.1), x, y)
+
+
+def _cuda_setup():
+    from gradalign_fast import methods
+
+    x, y = _batch(n=16, dtype=torch.float32, device="cuda")
+    model = small_cnn(torch.float32).cuda()
+    model(x)
+    return methods, x, y, model
+
+
+@pytest.mark.cuda
+def test_captured_fgsm_step_equals_eager():
+    from gradalign_fast.fast_cuda_graph import CapturedStep
+
+    methods, x, y, model = _cuda_setup()
+    eager = copy.deepcopy(model)
+    opt_c = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9)
+    opt_e = torch.optim.SGD(eager.parameters(), 0.1, momentum=0.9)
+    step = CapturedStep(methods.FGSM(0.1), model, opt_c, x, y)
+    for _ in range(2):
+        step(x, y)
+        methods.train_step(methods.FGSM(0.1), eager, opt_e, x, y)
+    for a, b in zip(model.state_dict().values(), eager.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_captured_gradalign_step_redraws_noise_and_checks_options():
+    from gradalign_fast.fast_cuda_graph import CapturedStep
+
+    methods, x, y, model = _cuda_setup()
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    with pytest.raises(ValueError, match="check_finite=False"):
+        CapturedStep(methods.GradAlign(0.1, 1.0), model, opt, x, y)
+    with pytest.raises(ValueError, match="every > 1"):
+        CapturedStep(methods.GradAlign(0.1, 1.0, check_finite=False, every=2), model, opt, x, y)
+    step = CapturedStep(methods.GradAlign(0.1, 1.0, check_finite=False), model, opt, x, y)
+    regs = [step(x, y)["reg"].item() for _ in range(3)]
+    assert all(r > 0 for r in regs) and len(set(regs)) == 3
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(ValueError, match="captured for x"):
+        step(x[:8], y[:8])
