@@ -176,9 +176,11 @@ class _ConvBackwardInput(torch.autograd.Function):
 
 
 def _conv_backward(g, x, weight, args, mask):
+    """(grad_x, grad_weight, grad_bias) of a convolution, each computed only where `mask`."""
     stride, padding, dilation, groups = args
-    return torch.ops.aten.convolution_backward(g, x, weight, None, stride, padding, dilation,
-                                               False, [0] * len(stride), groups, list(mask))
+    return torch.ops.aten.convolution_backward(g, x, weight, [weight.shape[0]], stride, padding,
+                                               dilation, False, [0] * len(stride), groups,
+                                               list(mask))
 
 
 class _Conv2d(torch.autograd.Function):
@@ -201,6 +203,9 @@ class _Conv2d(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if ctx.mode.skip_weight_grads:
             need_w = need_b = False
+        if not torch.is_grad_enabled():  # a first-order pass: one native call does it all
+            return (*_conv_backward(g, x, weight, ctx.args, (need_x, need_w, need_b)), None,
+                    None)
         grad_x = _ConvBackwardInput.apply(g, weight, x, ctx.args) if need_x else None
         # Differentiable native call: recorded only when this pass has create_graph=True.
         grad_w = _conv_backward(g, x, weight, ctx.args, (False, True, False))[1] if need_w else None
