@@ -108,6 +108,12 @@ class GradAlign(FGSM):
     def last_cos(self):
         return self._loss.last_cos
 
+    def set_eps(self, eps: float) -> None:
+        """Changes eps in place (the trainer's eps warm-up), keeping the regulariser's state
+        (its `every` call counter)."""
+        self.eps = float(eps)
+        self._loss.eps = self.eps
+
     def regularizer(self, model, x, y, grad_clean):
         return self._loss(model, x, y, grad_clean=grad_clean)
 

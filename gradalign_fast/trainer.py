@@ -12,7 +12,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,9 @@ class TrainConfig:
     model: str | None = None
     eps: float | None = None
     lam: float | None = None  # GradAlign: None -> recipe.lambda_for_eps; LLR: its default 4
+    # extra keyword options of the method, e.g. GradAlign's approximate modes
+    # {"fraction": 0.25}, {"every": 2}, {"mode": "linearity"} (see GradAlignLoss)
+    method_options: dict = field(default_factory=dict)
     epochs: int | None = None
     batch_size: int | None = None  # the global batch (split over DDP processes)
     lr_max: float | None = None
@@ -96,6 +99,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ValueError("method 'cure' needs lam (no default: its scale depends on the data)")
     if cfg.lam is not None and not (math.isfinite(cfg.lam) and cfg.lam >= 0):
         raise ValueError(f"lam must be a finite number >= 0, got {cfg.lam}")
+    try:  # bad method options fail here, before any data is loaded
+        make_method(cfg.method, cfg.eps, **_method_kwargs(cfg))
+    except TypeError as e:
+        raise ValueError(f"method {cfg.method!r} does not take the options "
+                         f"{cfg.method_options}: {e}") from None
     for name in ("epochs", "batch_size", "n_monitor"):
         if not (isinstance(getattr(cfg, name), int) and getattr(cfg, name) > 0):
             raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
@@ -146,7 +154,10 @@ def _datasets(cfg: TrainConfig):
 
 
 def _method_kwargs(cfg: TrainConfig) -> dict:
-    return {"lam": cfg.lam} if cfg.lam is not None else {}
+    kw = dict(cfg.method_options)
+    if cfg.lam is not None:
+        kw["lam"] = cfg.lam
+    return kw
 
 
 def _write_json(path: Path, obj) -> None:
@@ -206,6 +217,7 @@ class _Run:
         x_mon, y_mon = take(monitor_set)
         self.monitor = COMonitor(x_mon.to(dev), y_mon.to(dev), cfg.eps, seed=cfg.seed)
         self.start_epoch, self.it, self.train_time = 0, 0, 0.0
+        self.method = None  # made at the first step, then kept (see _epoch)
         if saved is not None:
             net.load_state_dict(saved["model"])
             self.opt.load_state_dict(saved["optimizer"])
@@ -277,7 +289,11 @@ class _Run:
                 group["lr"] = lr
             if recipe.eps_at(self.it, warmup, cfg.eps) != eps_now:
                 eps_now = recipe.eps_at(self.it, warmup, cfg.eps)
-                method = make_method(cfg.method, eps_now, **_method_kwargs(cfg))
+                if hasattr(self.method, "set_eps"):  # stateful (GradAlign's `every` counter)
+                    self.method.set_eps(eps_now)
+                else:
+                    self.method = make_method(cfg.method, eps_now, **_method_kwargs(cfg))
+            method = self.method
             out = train_step(method, self.model, self.opt, x, y, self.amp_dtype, self.scaler)
             sums += torch.stack([out["loss"].double() * len(y), out["reg"].double() * len(y),
                                  out["correct"].double()])

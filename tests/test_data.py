@@ -114,7 +114,7 @@ def test_imagenet_image_folders(tmp_path):
 def test_packaged_mnist_subset():
     train, test = data.load_dataset("mnist_subset"), data.load_dataset("mnist_subset",
                                                                         train=False)
-    assert (len(train), len(test)) == (5000, 1000)
+    assert (len(train), len(test)) == (10000, 1000)
     x, y = train[0]
     assert x.dtype == torch.float32 and x.shape == (1, 28, 28) and 0 <= x.min() <= x.max() <= 1
     with pytest.raises(ValueError, match="shipped with the package"):

@@ -37,12 +37,8 @@ def load_curves(run) -> dict:
             "co": next((r for r in all_rows if r["co"]), None)}
 
 
-def run(args) -> int:
-    try:
-        curves = [load_curves(r) for r in args.runs]
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+def plot_curves(curves: list[dict], out, title: str | None = None) -> None:
+    """Writes Fig. A of the curves (from load_curves) to the PNG `out`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,9 +59,19 @@ def run(args) -> int:
     ax_cos.set(xlabel="epoch", ylabel="cos(grad at x, grad at x + eta)",
                title="gradient alignment")
     ax_pgd.legend(fontsize=8)
-    if args.title:
-        fig.suptitle(args.title)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    try:
+        curves = [load_curves(r) for r in args.runs]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    plot_curves(curves, args.out, args.title)
     print(f"wrote {args.out} ({len(curves)} runs)")
     return 0

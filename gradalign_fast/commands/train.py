@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from ..methods import METHODS
+from ..sweep import parse_options
 from ..trainer import USER_ERRORS, TrainConfig, train
 
 EPS_UNITS = ("255", "unit")
@@ -58,6 +59,9 @@ def add_arguments(parser) -> None:
     a("--seed", type=int, default=0)
     a("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     a("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision")
+    a("--method-option", action="append", default=[], metavar="KEY=VALUE",
+      help="an option of the method, repeatable; GradAlign's approximate modes: fraction=0.25, "
+           "every=2, mode=linearity (see GradAlignLoss)")
     a("--stop-on-co", action="store_true", help="stop at catastrophic overfitting")
     a("--monitor-every", type=int, default=200,
       help="CO-monitor period in iterations (0: epoch ends only)")
@@ -68,7 +72,8 @@ def add_arguments(parser) -> None:
 
 def config_from_args(args) -> TrainConfig:
     return TrainConfig(
-        method=args.method, dataset=args.dataset, data_dir=args.data_dir, model=args.model,
+        method=args.method, method_options=parse_options(args.method_option),
+        dataset=args.dataset, data_dir=args.data_dir, model=args.model,
         eps=eps_from_args(args.eps, args.eps_units), lam=args.lam, epochs=args.epochs,
         batch_size=args.batch_size, lr_max=args.lr_max, lr_schedule=args.lr_schedule,
         eps_warmup_epochs=args.eps_warmup_epochs, n_train=args.n_train,
