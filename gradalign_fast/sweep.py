@@ -65,7 +65,8 @@ class RunSpec:
 
 def grid(methods: list[str], eps: list[float], seeds: list[int]) -> list[RunSpec]:
     specs = [parse_method(m) for m in methods]
-    return [RunSpec(m, e, s) for e in eps for m in specs for s in seeds]
+    # seeds outside methods: an interrupted sweep has every method for its first seeds
+    return [RunSpec(m, e, s) for e in eps for s in seeds for m in specs]
 
 
 def _config(base: TrainConfig, run: RunSpec, out: Path) -> TrainConfig:

@@ -1,0 +1,96 @@
+"""The sweep (resumable grid + results table) and demo commands, and method options."""
+import json
+
+import pytest
+import torch
+
+from gradalign_fast.cli import main
+from gradalign_fast.methods import GradAlign
+from gradalign_fast.sweep import grid, markdown_table, parse_method, parse_options, summarize
+from gradalign_fast.trainer import TrainConfig, resolve, train
+from test_trainer import one_thread  # noqa: F401 (autouse: one CPU thread per test)
+
+TINY = ["--n-train", "256", "--epochs", "1", "--batch-size", "64", "--n-eval", "32",
+        "--eval-attacks", "clean,pgd-2-1", "--monitor-every", "2"]
+
+
+def test_parse_method_and_options():
+    m = parse_method("gradalign:lam=2:fraction=0.25:mode=linearity:fast_layers=false")
+    assert m.name == "gradalign" and m.label.startswith("gradalign:")
+    assert m.options == {"lam": 2, "fraction": 0.25, "mode": "linearity", "fast_layers": False}
+    assert parse_method("fgsm").options == {}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_options(["fraction"])
+
+
+def test_grid_puts_seeds_outside_methods():
+    runs = grid(["fgsm", "gradalign:lam=1"], [0.1], [0, 1])
+    assert [(r.method.name, r.seed) for r in runs] == [
+        ("fgsm", 0), ("gradalign", 0), ("fgsm", 1), ("gradalign", 1)]
+
+
+def test_summarize_means_stds_and_co_counts():
+    finals = [
+        {"label": "fgsm", "eps_255": 90.0, "accuracy": {"clean": 0.9, "pgd-50-10": 0.0},
+         "train_time_s": 10.0, "co": True, "co_epoch": 5.25},
+        {"label": "fgsm", "eps_255": 90.0, "accuracy": {"clean": 0.8, "pgd-50-10": 0.2},
+         "train_time_s": 12.0, "co": False, "co_epoch": None},
+    ]
+    (row,) = summarize(finals)
+    assert row["clean"] == pytest.approx(0.85) and row["clean_std"] == pytest.approx(0.0707, 1e-3)
+    assert row["pgd-50-10"] == pytest.approx(0.1) and row["co_runs"] == 1
+    assert row["co_epochs"] == "5.25"
+    md = markdown_table([row])
+    assert "| fgsm | 90 | 2 | 85.0 ± 7.1 | 10.0 ± 14.1 |" in md and "1/2 (5.25)" in md
+
+
+def test_sweep_end_to_end_and_resumable(tmp_path, capsys):
+    args = ["sweep", "--method", "fgsm", "--method", "gradalign:lam=1:every=2", "--eps", "76.5",
+            "--seeds", "0,1", "--out", str(tmp_path), *TINY]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| gradalign:lam=1:every=2 | 76.5 | 2 |" in out
+    assert (tmp_path / "results.csv").exists() and (tmp_path / "fig_a_eps76.5.png").exists()
+    cfg = json.loads((tmp_path / "gradalign_lam1_every2" / "eps76.5" / "seed1" /
+                      "config.json").read_text())
+    assert cfg["method_options"] == {"every": 2} and cfg["lam"] == 1
+    # a second call reads the finished runs back instead of training again
+    finals = sorted(tmp_path.rglob("final.json"))
+    stamps = [f.stat().st_mtime_ns for f in finals]
+    assert main(args) == 0
+    assert [f.stat().st_mtime_ns for f in finals] == stamps
+
+
+def test_sweep_errors_are_clear(tmp_path, capsys):
+    assert main(["sweep", "--method", "gradalign:rho=1", "--eps", "8", "--out",
+                 str(tmp_path), *TINY]) == 2
+    assert "does not take the options" in capsys.readouterr().err
+
+
+def test_every_counter_survives_the_eps_warmup(tmp_path, monkeypatch):
+    """The trainer keeps one GradAlign object through the eps ramp, so `every=2` regularises
+    exactly every second step (a new object per eps would restart its counter)."""
+    regs = []
+    orig = GradAlign.regularizer
+
+    def spy(self, *a):
+        r = orig(self, *a)
+        regs.append(float(r.detach()))
+        return r
+
+    monkeypatch.setattr(GradAlign, "regularizer", spy)
+    train(TrainConfig(method="gradalign", lam=1.0, method_options={"every": 2}, eps=0.3,
+                      epochs=1, n_train=512, batch_size=64, eps_warmup_epochs=1.0,
+                      eval_attacks="clean", n_eval=16, monitor_every=0, progress=False,
+                      out_dir=str(tmp_path)))
+    assert len(regs) == 8
+    assert all(r == 0 for r in regs[1::2]) and all(r > 0 for r in regs[2::2])
+
+
+def test_demo_runs_and_flags(tmp_path, capsys):
+    assert main(["demo", "--epochs", "1", "--n-train", "256", "--n-eval", "16", "--no-bench",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "fgsm: per epoch" in out and "gradalign: per epoch" in out
+    assert "PGD-50-10" in out and (tmp_path / "fig_a.png").exists()
+    assert main(["demo", "--eps", "0.3", "--out", str(tmp_path)]) == 2
