@@ -99,6 +99,15 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+COLLAPSED = 0.05  # final robust accuracy under which a run counts as collapsed
+
+
+def _robust_acc(final: dict) -> float:
+    """The strongest attack's accuracy of a final.json (AutoAttack, else PGD, else clean)."""
+    acc = final["accuracy"]
+    return min(v for k, v in acc.items() if k != "clean") if len(acc) > 1 else acc["clean"]
+
+
 def summarize(finals: list[dict]) -> list[dict]:
     """One row per (label, eps): mean and std over seeds of each accuracy and the training
     time, how many seeds overfitted catastrophically and at which epochs."""
@@ -113,7 +122,9 @@ def summarize(finals: list[dict]) -> list[dict]:
         row["train_time_s"], row["train_time_s_std"] = _mean_std([f["train_time_s"] for f in fs])
         co = [f["co_epoch"] for f in fs if f["co"]]
         row["co_runs"] = len(co)
-        row["co_epochs"] = ",".join(f"{e:g}" for e in co)
+        row["co_epochs"] = ",".join(f"{e:.2g}" for e in co)
+        # the end state, independent of the monitor's noisy 256-point batch
+        row["collapsed_runs"] = sum(_robust_acc(f) < COLLAPSED for f in fs)
         rows.append(row)
     return rows
 
@@ -132,11 +143,11 @@ def write_tables(rows: list[dict], out) -> tuple[Path, Path]:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    attacks = [k for k in rows[0] if k not in ("method", "eps_255", "seeds", "train_time_s",
-                                               "train_time_s_std", "co_runs", "co_epochs")
-               and not k.endswith("_std")] if rows else []
+    meta = ("method", "eps_255", "seeds", "train_time_s", "co_runs", "co_epochs",
+            "collapsed_runs")
+    attacks = [k for k in rows[0] if k not in meta and not k.endswith("_std")] if rows else []
     head = ["method", "eps (/255)", "seeds"] + [f"{a} acc. (%)" for a in attacks] + [
-        "train time (s)", "CO runs (epochs)"]
+        "train time (s)", "CO flagged (epoch)", f"collapsed (< {100 * COLLAPSED:g}%)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], f"{r['eps_255']:g}", str(r["seeds"])]
@@ -144,5 +155,6 @@ def markdown_table(rows: list[dict]) -> str:
         cells.append(f"{r['train_time_s']:.0f} ± {r['train_time_s_std']:.0f}")
         cells.append(f"{r['co_runs']}/{r['seeds']}" + (f" ({r['co_epochs']})" if r["co_runs"]
                                                         else ""))
+        cells.append(f"{r['collapsed_runs']}/{r['seeds']}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -39,9 +39,9 @@ def test_summarize_means_stds_and_co_counts():
     (row,) = summarize(finals)
     assert row["clean"] == pytest.approx(0.85) and row["clean_std"] == pytest.approx(0.0707, 1e-3)
     assert row["pgd-50-10"] == pytest.approx(0.1) and row["co_runs"] == 1
-    assert row["co_epochs"] == "5.25"
+    assert row["co_epochs"] == "5.2" and row["collapsed_runs"] == 1
     md = markdown_table([row])
-    assert "| fgsm | 90 | 2 | 85.0 ± 7.1 | 10.0 ± 14.1 |" in md and "1/2 (5.25)" in md
+    assert "| fgsm | 90 | 2 | 85.0 ± 7.1 | 10.0 ± 14.1 |" in md and "1/2 (5.2) | 1/2 |" in md
 
 
 def test_sweep_end_to_end_and_resumable(tmp_path, capsys):
