@@ -76,8 +76,10 @@ def _config(base: TrainConfig, run: RunSpec, out: Path) -> TrainConfig:
                    method_options=opts, out_dir=str(run.run_dir(out)), progress=False)
 
 
-def run_grid(runs: list[RunSpec], base: TrainConfig, out, progress: bool = True) -> list[dict]:
-    """Trains (or reads back) every run; returns their final.json dicts, with 'label' added."""
+def run_grid(runs: list[RunSpec], base: TrainConfig, out, progress: bool = True,
+             train_missing: bool = True) -> list[dict]:
+    """Trains (or reads back) every run; returns their final.json dicts, with 'label' added.
+    With train_missing=False, unfinished runs are left out (a report of what exists)."""
     out = Path(out)
     finals = []
     bar = tqdm(runs, desc="sweep", disable=not progress)
@@ -86,6 +88,8 @@ def run_grid(runs: list[RunSpec], base: TrainConfig, out, progress: bool = True)
         bar.set_postfix_str(f"{run.method.label} eps={run.eps * 255:g} seed={run.seed}")
         if (d / "final.json").exists():
             final = json.loads((d / "final.json").read_text())
+        elif not train_missing:
+            continue
         else:
             cfg = replace(_config(base, run, out), resume=(d / "checkpoint.pt").exists())
             final = train(cfg)

@@ -59,6 +59,9 @@ def test_sweep_end_to_end_and_resumable(tmp_path, capsys):
     stamps = [f.stat().st_mtime_ns for f in finals]
     assert main(args) == 0
     assert [f.stat().st_mtime_ns for f in finals] == stamps
+    # a report of what exists trains nothing new
+    assert main(args[:-len(TINY)] + ["--seeds", "0,1,5", "--report-only", *TINY]) == 0
+    assert sorted(tmp_path.rglob("final.json")) == finals
 
 
 def test_sweep_errors_are_clear(tmp_path, capsys):

@@ -33,6 +33,8 @@ def add_arguments(parser) -> None:
     for name, typ in _PASSTHROUGH.items():
         a("--" + name.replace("_", "-"), type=typ, default=defaults[name])
     a("--no-plots", action="store_true")
+    a("--report-only", action="store_true",
+      help="train nothing: the table and plots of the runs of the grid that have finished")
 
 
 def run(args) -> int:
@@ -41,9 +43,12 @@ def run(args) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         runs = grid(args.method, eps, seeds)
         base = TrainConfig(**{k: getattr(args, k) for k in _PASSTHROUGH})
-        finals = run_grid(runs, base, args.out)
+        finals = run_grid(runs, base, args.out, train_missing=not args.report_only)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not finals:
+        print("error: no finished run in the grid", file=sys.stderr)
         return 2
     rows = summarize(finals)
     csv_path, md_path = write_tables(rows, args.out)
