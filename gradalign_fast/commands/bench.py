@@ -59,23 +59,29 @@ def _options(args, torch) -> dict:
 
 
 def plot_ratios(rows, path) -> None:
+    """One panel per model: each variant's ratio to FGSM against the batch size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for model in dict.fromkeys(r["model"] for r in rows):
-        for step in dict.fromkeys(r["step"] for r in rows):
+    model_names = list(dict.fromkeys(r["model"] for r in rows))
+    steps = [s for s in dict.fromkeys(r["step"] for r in rows) if s != "fgsm"]
+    colors = dict(zip(steps, plt.get_cmap("tab10").colors))
+    fig, axes = plt.subplots(1, len(model_names), figsize=(5.5 * len(model_names), 4.5),
+                             squeeze=False)
+    for ax, model in zip(axes[0], model_names):
+        for step in steps:
             pts = sorted((r["batch"], r["ratio"]) for r in rows
                          if r["model"] == model and r["step"] == step)
-            if step != "fgsm" and pts:
-                ax.plot(*zip(*pts), marker="o", label=f"{model}: {step}")
-    ax.axhline(1.0, color="gray", lw=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("step time / FGSM step time")
-    ax.legend(fontsize=7)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", color=colors[step], label=step)
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_title(model)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("step time / FGSM step time")
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
