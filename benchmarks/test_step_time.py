@@ -41,4 +41,4 @@ def test_step(benchmark, case, variant):
             torch.cuda.synchronize()
 
     benchmark.extra_info.update(steps_per_round=variant.block, model=model_name)
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    benchmark.pedantic(run, rounds=3, warmup_rounds=1)

@@ -33,11 +33,14 @@ def run(args) -> int:
     trace = os.path.join(out_dir, "trace.json")
     rows = profiler.profile_step(args.model, args.batch_size, device, args.steps,
                                  trace_path=trace, fast_layers=not args.torch_2nd)
-    print(f"{args.model}, batch {args.batch_size}, {device}, "
-          f"{'PyTorch' if args.torch_2nd else 'gradalign_fast'} second derivatives")
-    print(profiler.format_phases(rows))
+    text = (f"{args.model}, batch {args.batch_size}, {device}, "
+            f"{'PyTorch' if args.torch_2nd else 'gradalign_fast'} second derivatives\n"
+            + profiler.format_phases(rows))
+    print(text)
+    with open(os.path.join(out_dir, "phases.md"), "w") as f:
+        f.write("```\n" + text + "\n```\n")
     profiler.plot_phases(rows, os.path.join(out_dir, "phases.png"))
     with open(os.path.join(out_dir, "phases.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    print(f"wrote {trace} (chrome://tracing), phases.png, phases.json in {out_dir}")
+    print(f"wrote {trace} (chrome://tracing), phases.png, .json, .md in {out_dir}")
     return 0
