@@ -65,7 +65,8 @@ STEPS = [
     Variant("ga_linearity", "  approx: mode='linearity', fraction=0.25",
             _method(methods.GradAlign, mode="linearity", fraction=0.25)),
 ]
-QUICK = dict(model_names=("mnist_cnn", "preact_resnet18_narrow"), batch_sizes=(32,), reps=5, warmup=1)
+QUICK = dict(model_names=("mnist_cnn", "preact_resnet18_narrow"), batch_sizes=(32,), reps=5,
+             warmup=1)
 
 
 def input_shape(model_name: str) -> tuple[int, int, int]:

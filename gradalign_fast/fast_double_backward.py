@@ -17,8 +17,9 @@ backward is itself differentiated. PyTorch's generic second derivatives waste wo
 
 `fast_double_backward()` is a TorchFunctionMode that routes F.conv2d, F.batch_norm (train mode,
 affine) and F.relu (not in place) to these Functions, under autocast too (conv2d in the autocast
-dtype as PyTorch's policy; BatchNorm with float32 statistics); everything else runs as usual. Values and all derivatives equal PyTorch's (gradcheck/gradgradcheck in
-float64, and the GradAlign reference, in tests/test_gradalign.py).
+dtype as PyTorch's policy; BatchNorm with float32 statistics); everything else runs as usual.
+Values and all derivatives equal PyTorch's (gradcheck/gradgradcheck in float64, and the
+GradAlign reference, in tests/test_gradalign.py).
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ class _BatchNormBackward(torch.autograd.Function):
                       G = dR/dxh at fixed s = -gamma*s*(c*v + w*g) + a*g,
                       K = dR/ds at fixed xh = N*gamma*(m - vbar*gbar - w*c)
         G is alpha1*v + alpha2*g per channel, so every term is a per-channel affine
-        combination of v, g and x: two reductions and one fused pass per output.
+        combination of v, g and x: one native BatchNorm backward, one reduction and a few
+        elementwise passes.
         """
         g, x, weight, mean, invstd, dw, db = ctx.saved_tensors
         need_g, need_x, need_w = ctx.needs_input_grad[:3]

@@ -7,8 +7,6 @@ are disjoint, so the two calls do the same work as one.
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -55,7 +53,6 @@ def profile_step(model_name="preact_resnet18_narrow", batch=32, device="cpu", st
     """
     device = torch.device(device)
     model, x, y = bench._setup(model_name, batch, device, channels_last=False)
-    model = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     reg = gradalign.GradAlignLoss(bench.default_eps(model_name), lam, **loss_options)
     for _ in range(warmup):

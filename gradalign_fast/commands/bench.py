@@ -31,7 +31,8 @@ def add_arguments(parser) -> None:
                         help="autocast dtype for every variant alike")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--quick", action="store_true",
-                        help="MNIST CNN and narrow PreActResNet-18, batch 32, 5 reps (~30 s on CPU)")
+                        help="MNIST CNN and narrow PreActResNet-18, batch 32, 5 reps "
+                             "(~30 s on CPU)")
     parser.add_argument("--out", nargs="?", const="auto", default=None,
                         help="write JSON (+ the table as .md); no value: "
                              "benchmarks/results/<device>_<date>.json")
