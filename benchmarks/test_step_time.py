@@ -3,17 +3,21 @@
     pytest benchmarks --benchmark-only                 # CPU: small sizes, ~1-2 minutes
     pytest benchmarks --benchmark-only --benchmark-group-by=param:case
 
-CPU: MNIST CNN and the narrow PreActResNet-18 at batch 32. CUDA (when present): the full
+CPU: MNIST CNN and the narrow PreActResNet-18 at batch 32, on GRADALIGN_BENCH_THREADS torch
+threads (default 1: on the shared 2-core machines two threads next to other jobs made single
+steps 10x slower and the suite several minutes long). CUDA (when present): the full
 PreActResNet-18 at batch 128 and 512, each step followed by a synchronize (pytest-benchmark
 reads wall time). The ratios to FGSM of one run are in `python -m gradalign_fast bench`.
 """
 import copy
+import os
 
 import pytest
 import torch
 
 from gradalign_fast import bench
 
+torch.set_num_threads(int(os.environ.get("GRADALIGN_BENCH_THREADS", "1")))
 CASES = [("cpu", "mnist_cnn", 32), ("cpu", "preact_resnet18_narrow", 32)]
 if torch.cuda.is_available():
     CASES += [("cuda", "preact_resnet18", 128), ("cuda", "preact_resnet18", 512),

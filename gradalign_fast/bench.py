@@ -153,17 +153,32 @@ def _setup(model_name, batch, device, channels_last, seed=0):
 
 
 def run_bench(model_names=("preact_resnet18_narrow",), batch_sizes=(32,), device="cpu", reps=7,
-              warmup=2, steps=None, amp_dtype=None, channels_last=False,
+              warmup=2, steps=None, amp_dtype=None, channels_last=False, threads=1,
               log: Callable[[str], None] | None = None) -> list[dict]:
-    """One row per (model, batch size, step variant), all measured in this one run.
+    """One row per (model, batch size, step variant), all measured in this one run (on CUDA
+    with CUDA events and a synchronize per sample).
 
     steps: names of STEPS (default all). amp_dtype: e.g. torch.bfloat16 (autocast around every
-    variant alike). Row keys: model, batch, step, text, ms (median per step), ratio (to fgsm),
-    peak_mib (see memory_method), step_peak_mib (the step's own peak above the resident
-    tensors), mem_ratio (peak_mib to fgsm's), minutes (ratio x the authors' 9.5-min FGSM
+    variant alike). threads: torch CPU threads during the run (restored after; None: as set).
+    The default 1 is deliberate: on a shared 2-core machine two threads next to other jobs
+    made steps up to 10x slower and ratios unstable. Row keys: model, batch, step, text, ms
+    (median per step), ratio (to fgsm), peak_mib (see memory_method), step_peak_mib (the
+    step's own peak above the resident tensors), mem_ratio (peak_mib to fgsm's), minutes (ratio x the authors' 9.5-min FGSM
     CIFAR-10 run; None for MNIST-shaped models), reps.
     """
     device = torch.device(device)
+    saved_threads = torch.get_num_threads()
+    if threads and device.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        return _run(model_names, batch_sizes, device, reps, warmup, steps, amp_dtype,
+                    channels_last, log)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _run(model_names, batch_sizes, device, reps, warmup, steps, amp_dtype, channels_last,
+         log) -> list[dict]:
     variants = [v for v in STEPS if steps is None or v.name in steps]
     if "fgsm" not in [v.name for v in variants]:
         variants.insert(0, STEPS[0])  # the ratios need it
@@ -213,10 +228,10 @@ def run_bench(model_names=("preact_resnet18_narrow",), batch_sizes=(32,), device
     return rows
 
 
-def metadata(device, amp_dtype=None, channels_last=False) -> dict:
+def metadata(device, amp_dtype=None, channels_last=False, threads=1) -> dict:
     device = torch.device(device)
     return dict(device=device_name(device), device_type=device.type,
-                threads=torch.get_num_threads(), torch=torch.__version__,
+                threads=threads or torch.get_num_threads(), torch=torch.__version__,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 precision=str(amp_dtype).replace("torch.", "") if amp_dtype else "float32",
                 channels_last=channels_last, memory=memory_method(device),

@@ -26,7 +26,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=_csv(str), default=None,
                         help="variants, comma-separated, of: " + ", ".join(v.name for v in STEPS))
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads while measuring (default 1: stable ratios on a "
+                             "shared machine; 0: leave torch's setting)")
     parser.add_argument("--amp", choices=sorted(AMP), default="none",
                         help="autocast dtype for every variant alike")
     parser.add_argument("--channels-last", action="store_true")
@@ -43,6 +45,7 @@ def add_arguments(parser) -> None:
 def _options(args, torch) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     opts = dict(device=device, reps=args.reps, warmup=args.warmup, steps=args.steps,
+                threads=args.threads,
                 channels_last=args.channels_last,
                 amp_dtype=getattr(torch, AMP[args.amp]) if AMP[args.amp] else None)
     if args.quick:
@@ -93,11 +96,10 @@ def run(args) -> int:
 
     from .. import bench
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     opts = _options(args, torch)
     rows = bench.run_bench(**opts)
-    meta = bench.metadata(opts["device"], opts["amp_dtype"], opts["channels_last"])
+    meta = bench.metadata(opts["device"], opts["amp_dtype"], opts["channels_last"],
+                          opts["threads"])
     table = bench.format_table(rows, meta)
     print(table)
     out = args.out
