@@ -163,8 +163,8 @@ def run_bench(model_names=("preact_resnet18_narrow",), batch_sizes=(32,), device
     The default 1 is deliberate: on a shared 2-core machine two threads next to other jobs
     made steps up to 10x slower and ratios unstable. Row keys: model, batch, step, text, ms
     (median per step), ratio (to fgsm), peak_mib (see memory_method), step_peak_mib (the
-    step's own peak above the resident tensors), mem_ratio (peak_mib to fgsm's), minutes (ratio x the authors' 9.5-min FGSM
-    CIFAR-10 run; None for MNIST-shaped models), reps.
+    step's own peak above the resident tensors), mem_ratio (peak_mib to fgsm's), minutes
+    (ratio x the authors' 9.5-min FGSM CIFAR-10 run; None for MNIST-shaped models), reps.
     """
     device = torch.device(device)
     saved_threads = torch.get_num_threads()
