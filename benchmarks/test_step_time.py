@@ -1,6 +1,6 @@
 """pytest-benchmark suite: one training step of each variant of gradalign_fast.bench.STEPS.
 
-    pytest benchmarks --benchmark-only                 # CPU: small sizes, ~1-2 minutes
+    pytest benchmarks --benchmark-only                 # CPU: small sizes, ~20 s
     pytest benchmarks --benchmark-only --benchmark-group-by=param:case
 
 CPU: MNIST CNN and the narrow PreActResNet-18 at batch 32, on GRADALIGN_BENCH_THREADS torch
