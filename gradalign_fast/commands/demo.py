@@ -8,6 +8,8 @@ step-time table of the bench (ratios to FGSM, measured in one run).
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -37,6 +39,21 @@ def add_arguments(parser) -> None:
     a("--device", default=None)
     a("--seed", type=int, default=0)
     a("--no-bench", action="store_true", help="skip the step-time table")
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Sends file descriptor 2 (where C++ code logs) to /dev/null for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _print_epochs(method: str, run_dir: Path) -> None:
@@ -95,6 +112,9 @@ def run(args) -> int:
     print(f"\nplot: {png}  (PGD accuracy and gradient alignment per epoch)")
     if not args.no_bench:
         from ..bench import QUICK, format_table, run_bench
-        print("\nstep time (bench --quick): median per step and ratio to FGSM, one run")
-        print(format_table(run_bench(**{**QUICK, "device": args.device or "cpu"})))
+        print("\nstep time (bench --quick): median per step and ratio to FGSM, one run",
+              flush=True)
+        with _quiet_native_stderr():  # the profiler's C++ start/stop lines (peak memory)
+            rows = run_bench(**{**QUICK, "device": args.device or "cpu"})
+        print(format_table(rows))
     return 0
