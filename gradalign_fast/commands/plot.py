@@ -21,7 +21,10 @@ def _label(run: Path) -> str:
     if not cfg_path.exists():
         return run.name
     cfg = json.loads(cfg_path.read_text())
-    return f"{cfg['method']} eps={cfg['eps'] * 255:g}/255 ({run.name})"
+    opts = {"lam": cfg.get("lam"), **cfg.get("method_options", {})}
+    extra = "".join(f" {k}={v:g}" if isinstance(v, float) else f" {k}={v}"
+                    for k, v in opts.items() if v is not None)
+    return f"{cfg['method']}{extra} eps={cfg['eps'] * 255:g}/255 ({run.name})"
 
 
 def load_curves(run) -> dict:
