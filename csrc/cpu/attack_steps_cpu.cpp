@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "attack_math.h"
+#include "attack_step_iter.h"
 #include "op_checks.h"
 
 namespace gradalign_fast {
@@ -29,26 +30,16 @@ void attack_step_kernel(at::TensorIterator& iter, double alpha, double eps, doub
 at::Tensor attack_step_cpu(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& grad,
                            double alpha, double eps, double lo, double hi, bool project) {
   check_attack_inputs(x, delta, grad, alpha, eps, lo, hi, "gradalign_fast::attack_step");
-  at::Tensor out;
-  auto iter = at::TensorIteratorConfig()
-                  .add_output(out)
-                  .add_const_input(x)
-                  .add_const_input(delta)
-                  .add_const_input(grad)
-                  .build();
+  at::Tensor out = at::empty_like(x);
+  auto iter = make_attack_step_iter(out, x, delta, grad);
   attack_step_kernel(iter, alpha, eps, lo, hi, project);
-  return iter.output();
+  return out;
 }
 
 void attack_step_inplace_cpu(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& grad,
                              double alpha, double eps, double lo, double hi, bool project) {
   check_attack_inputs(x, delta, grad, alpha, eps, lo, hi, "gradalign_fast::attack_step_");
-  auto iter = at::TensorIteratorConfig()
-                  .add_output(delta)
-                  .add_const_input(x)
-                  .add_const_input(delta)
-                  .add_const_input(grad)
-                  .build();
+  auto iter = make_attack_step_iter(delta, x, delta, grad);
   attack_step_kernel(iter, alpha, eps, lo, hi, project);
 }
 

@@ -24,6 +24,7 @@
 #include <mutex>
 
 #include "attack_math.h"
+#include "attack_step_iter.h"
 #include "cuda/cuda_utils.cuh"
 #include "op_checks.h"
 #include "sample_layout.h"
@@ -50,12 +51,7 @@ struct AttackStepOp {
 void attack_step_kernel(const at::Tensor& out, const at::Tensor& x, const at::Tensor& delta,
                         const at::Tensor& grad, double alpha, double eps, double lo, double hi,
                         bool project) {
-  auto iter = at::TensorIteratorConfig()
-                  .add_output(out)
-                  .add_const_input(x)
-                  .add_const_input(delta)
-                  .add_const_input(grad)
-                  .build();
+  auto iter = make_attack_step_iter(out, x, delta, grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, iter.common_dtype(),
                                   "attack_step_cuda", [&] {
     using math_t = at::opmath_type<scalar_t>;
@@ -84,7 +80,6 @@ void attack_step_inplace_cuda(const at::Tensor& x, const at::Tensor& delta,
   check_cuda(x, op, "x");
   const at::cuda::CUDAGuard guard(x.device());
   if (delta.numel() == 0) return;
-  // delta is output and input: TensorIterator allows that full overlap.
   attack_step_kernel(delta, x, delta, grad, alpha, eps, lo, hi, project);
 }
 
