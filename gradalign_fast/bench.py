@@ -61,6 +61,8 @@ STEPS = [
             _method(methods.GradAlign, fast_layers=False)),
     Variant("ga_fraction0.25", "  approx: fraction=0.25", _method(methods.GradAlign,
                                                                   fraction=0.25)),
+    Variant("ga_fraction0.2", "  approx: fraction=0.2", _method(methods.GradAlign,
+                                                                fraction=0.2)),
     Variant("ga_every4", "  approx: every=4", _method(methods.GradAlign, every=4), block=4),
     Variant("ga_linearity", "  approx: mode='linearity', fraction=0.25",
             _method(methods.GradAlign, mode="linearity", fraction=0.25)),

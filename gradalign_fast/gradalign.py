@@ -107,6 +107,13 @@ class GradAlignLoss(nn.Module):
         self.last_cos: torch.Tensor | None = None
         self.last_valid: torch.Tensor | None = None
 
+    def get_extra_state(self) -> dict:
+        """The `every` call counter, so that a resumed run regularises the same steps."""
+        return {"calls": self._calls}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._calls = int(state["calls"])
+
     def extra_repr(self) -> str:
         return (f"eps={self.eps}, lam={self.lam}, mode={self.mode!r}, fraction={self.fraction},"
                 f" every={self.every}")

@@ -33,6 +33,13 @@ class Method:
     def regularizer(self, model, x, y, grad_clean):
         return None
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides eps and the options (checkpointed by the trainer)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def __repr__(self):
         opts = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                          for k, v in vars(self).items() if not k.startswith("_"))
@@ -117,6 +124,12 @@ class GradAlign(FGSM):
     def regularizer(self, model, x, y, grad_clean):
         return self._loss(model, x, y, grad_clean=grad_clean)
 
+    def state_dict(self) -> dict:
+        return dict(self._loss.state_dict())
+
+    def load_state_dict(self, state: dict) -> None:
+        self._loss.load_state_dict(state)
+
 
 def _per_sample_input_grad(model, x, y, create_graph):
     """Input gradient of the summed loss (so each row is that sample's own gradient)."""
@@ -189,6 +202,13 @@ def make_method(name: str, eps: float, **kw) -> Method:
 def train_step(method: Method, model, optimizer, x, y, amp_dtype=None, scaler=None):
     """One training step of `method`: perturb, loss at x + delta (+ regulariser), update.
 
+    The training loss is backpropagated before the regulariser's forward, so its activations
+    are freed before the regulariser builds its graphs (GradAlign: the peak holds one of the
+    two, not both). The parameter gradients are the same as one backward of loss + reg (their
+    graphs are disjoint) and the forwards run in the same order (BatchNorm's running
+    statistics see the same sequence of batches). Under DistributedDataParallel the two are
+    summed and backpropagated once, as DDP reduces gradients on every backward.
+
     Returns detached 0-dim tensors (no device sync): loss, reg, correct (on x + delta).
     amp_dtype: torch.bfloat16 / torch.float16 for autocast; fp16 needs a GradScaler `scaler`.
     """
@@ -196,19 +216,25 @@ def train_step(method: Method, model, optimizer, x, y, amp_dtype=None, scaler=No
     dev = x.device.type
     amp = (torch.autocast(dev, dtype=amp_dtype) if amp_dtype is not None
            else contextlib.nullcontext())
+    scaled = scaler.scale if scaler is not None else (lambda t: t)
+    split = not isinstance(model, torch.nn.parallel.DistributedDataParallel)
     with amp:
         delta, grad_clean = method.perturb(model, x, y)
         logits = model(x + delta)
         loss = F.cross_entropy(logits, y)
-        reg = method.regularizer(model, x, y, grad_clean)
-        total = loss if reg is None else loss + reg
     optimizer.zero_grad(set_to_none=True)
+    if split:
+        scaled(loss).backward()
+    with amp:
+        reg = method.regularizer(model, x, y, grad_clean)
+    if not split:
+        scaled(loss if reg is None else loss + reg).backward()
+    elif reg is not None and reg.requires_grad:
+        scaled(reg).backward()
     if scaler is not None:
-        scaler.scale(total).backward()
         scaler.step(optimizer)
         scaler.update()
     else:
-        total.backward()
         optimizer.step()
     zero = loss.detach() * 0
     return {"loss": loss.detach(), "reg": zero if reg is None else reg.detach(),

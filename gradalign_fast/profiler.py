@@ -1,9 +1,8 @@
 """One FGSM+GradAlign training step split into phases, each timed and memory-profiled.
 
 The step is methods.train_step's, written out so that each phase is a record_function range
-(the three GradAlign phases are ranges inside GradAlignLoss). Its single backward is split
-into the training loss's backward and the regulariser's (the double backward): their graphs
-are disjoint, so the two calls do the same work as one.
+(the three GradAlign phases are ranges inside GradAlignLoss), in train_step's order: the
+training loss is backpropagated before the regulariser's forward.
 """
 from __future__ import annotations
 
@@ -13,9 +12,9 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from . import attacks, bench, gradalign
 
-PHASES = ("attack fwd+bwd (FGSM)", "training forward", *gradalign.PHASES,
-          "training backward", "gradalign: double backward", "optimizer step")
-FGSM_PHASES = {PHASES[0], PHASES[1], PHASES[5], PHASES[7]}  # what an FGSM step also does
+PHASES = ("attack fwd+bwd (FGSM)", "training forward", "training backward",
+          *gradalign.PHASES, "gradalign: double backward", "optimizer step")
+FGSM_PHASES = {PHASES[0], PHASES[1], PHASES[2], PHASES[7]}  # what an FGSM step also does
 
 
 def gradalign_step(model, opt, x, y, reg: gradalign.GradAlignLoss) -> None:
@@ -24,10 +23,10 @@ def gradalign_step(model, opt, x, y, reg: gradalign.GradAlignLoss) -> None:
         delta, grad = attacks.fgsm(model, x, y, reg.eps)
     with record_function(PHASES[1]):
         loss = F.cross_entropy(model(x + delta), y)
-    r = reg(model, x, y, grad_clean=grad)
     opt.zero_grad(set_to_none=True)
-    with record_function(PHASES[5]):
+    with record_function(PHASES[2]):
         loss.backward()
+    r = reg(model, x, y, grad_clean=grad)
     with record_function(PHASES[6]):
         r.backward()
     with record_function(PHASES[7]):

@@ -218,6 +218,7 @@ class _Run:
         self.monitor = COMonitor(x_mon.to(dev), y_mon.to(dev), cfg.eps, seed=cfg.seed)
         self.start_epoch, self.it, self.train_time = 0, 0, 0.0
         self.method = None  # made at the first step, then kept (see _epoch)
+        self._method_state = {}  # a resumed run's Method.state_dict(), loaded into it then
         if saved is not None:
             net.load_state_dict(saved["model"])
             self.opt.load_state_dict(saved["optimizer"])
@@ -227,6 +228,7 @@ class _Run:
             checkpoint.set_rng_state(saved["rng"], self.gen)
             self.start_epoch, self.it = saved["epoch"], saved["iteration"]
             self.train_time = saved["train_time_s"]
+            self._method_state = saved.get("method", {})
             if self.info.is_main:
                 self.log.keep_until(self.it)
         elif self.info.is_main:
@@ -262,7 +264,8 @@ class _Run:
             "optimizer": self.opt.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "epoch": epoch, "iteration": self.it, "rng": checkpoint.rng_state(self.gen),
-            "monitor": self.monitor.state_dict(), "train_time_s": self.train_time})
+            "monitor": self.monitor.state_dict(), "train_time_s": self.train_time,
+            "method": self.method.state_dict() if self.method is not None else {}})
 
     def _diverged(self, value: float, epoch: int) -> TrainingDiverged:
         kept = (f"the last good checkpoint (epoch {epoch}) is kept at {self.ckpt_path}"
@@ -293,6 +296,8 @@ class _Run:
                     self.method.set_eps(eps_now)
                 else:
                     self.method = make_method(cfg.method, eps_now, **_method_kwargs(cfg))
+                    if self._method_state:
+                        self.method.load_state_dict(self._method_state)
             method = self.method
             out = train_step(method, self.model, self.opt, x, y, self.amp_dtype, self.scaler)
             sums += torch.stack([out["loss"].double() * len(y), out["reg"].double() * len(y),

@@ -66,7 +66,9 @@ def test_profile_phases_and_command(tmp_path, capsys):
     rows = profiler.profile_step("mnist_cnn", 4, "cpu", steps=1, warmup=0)
     assert [r["phase"] for r in rows] == list(profiler.PHASES)
     assert all(r["ms"] > 0 for r in rows if "cosine" not in r["phase"])
-    assert rows[2]["gradalign_only"] and not rows[1]["gradalign_only"]
+    own = {r["phase"]: r["gradalign_only"] for r in rows}
+    assert own["gradalign: double backward"] and own["gradalign: forward at x+eta"]
+    assert not own["training backward"] and not own["attack fwd+bwd (FGSM)"]
     assert "GradAlign's own phases" in profiler.format_phases(rows)
     rc = main(["profile", "--model", "mnist_cnn", "--batch-size", "4", "--steps", "1",
                "--device", "cpu", "--out-dir", str(tmp_path)])

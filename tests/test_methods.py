@@ -66,6 +66,33 @@ def test_gradalign_step_equals_reference_loss_and_gradient():
         torch.testing.assert_close(p0 - p1, g)
 
 
+def test_gradalign_step_with_batchnorm_equals_one_backward_in_the_authors_order():
+    """train_step backpropagates the loss before the regulariser's forward (memory): the
+    update and BatchNorm's running statistics must equal the authors' step, where the forwards
+    run in the same order (attack, loss, regulariser) and one backward takes loss + reg."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).double()
+    x, y = _batch()
+    before = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    torch.manual_seed(9)
+    out = train_step(make_method("gradalign", EPS, lam=0.5), model, opt, x, y)
+
+    torch.manual_seed(9)
+    before.train()
+    delta, grad = reference.fgsm(before, x, y, EPS)
+    loss = F.cross_entropy(before(x + delta), y)
+    reg = reference.gradalign_regularizer(before, x, y, EPS, 0.5, grad_clean=grad)
+    grads = torch.autograd.grad(loss + reg, list(before.parameters()))
+    torch.testing.assert_close(out["reg"], reg.detach())
+    for p0, p1, g in zip(before.parameters(), model.parameters(), grads):
+        torch.testing.assert_close(p0 - p1, g)
+    for b0, b1 in zip(before.buffers(), model.buffers()):
+        torch.testing.assert_close(b1, b0, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_train_step_changes_the_parameters(name):
     model, (x, y) = _model(), _batch()

@@ -45,8 +45,12 @@ def test_train_writes_every_file(tmp_path):
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
-def test_resume_is_bitwise(tmp_path, monkeypatch):
-    cfg = dict(method="fgsm_rs", epochs=2, **TINY)
+@pytest.mark.parametrize("method, options", [
+    ("fgsm_rs", {}),
+    ("gradalign", {"every": 3}),  # 4 steps an epoch: the resumed run must continue the count
+])
+def test_resume_is_bitwise(tmp_path, monkeypatch, method, options):
+    cfg = dict(method=method, method_options=options, epochs=2, **TINY)
     train(TrainConfig(out_dir=str(tmp_path / "full"), **cfg))
 
     save = trainer._Run._save
