@@ -9,7 +9,8 @@ pointer), the strided path (mixed layouts, a strided slice), the contiguous-copy
 (8-D permuted view), one block per sample, samples split over blocks (partial sums + finalize),
 zero-norm samples and empty tensors; attack_step / attack_step_ (contiguous, channels_last,
 strided, empty); random_delta with and without the clip, on aligned and misaligned x, dense and
-strided x, and sizes that end inside a 4-element pack and inside a tile. Checks the results
+strided x, and sizes that end inside a 4-element pack and inside a tile; relu_affine_backward
+(every layout, 2-D to 5-D, empty). Checks the results
 against the CPU kernels loosely (the tests do it exactly) so a kernel that silently does
 nothing is noticed too.
 """
@@ -82,6 +83,16 @@ def check_attack(dtype, shape):
         close(inplace, want, 0.0, f"attack_step_ {dtype} {shape} {name}")
 
 
+def check_relu_affine(dtype, shape):
+    x, g = torch.randn(shape).to(dtype), torch.randn(shape).to(dtype)
+    a, b = (torch.rand(shape[1]) - 0.3).to(dtype), torch.randn(shape[1]).to(dtype)
+    want = OPS.relu_affine_backward(g, x, a, b)
+    lx, lg = layouts(x.to(DEV)), layouts(g.to(DEV))
+    for name in lx:
+        got = OPS.relu_affine_backward(lg[name], lx[name], a.to(DEV), b.to(DEV))
+        close(got, want, 0.0, f"relu_affine_backward {dtype} {shape} {name}")
+
+
 def check_random(dtype, shape):
     x = torch.rand(shape, device=DEV).to(dtype)
     for name, lx in layouts(x).items():
@@ -109,6 +120,8 @@ def main():
             check_attack(dtype, shape)
         for shape in [(1,), (5,), (3, 3, 5, 7), (4097,), (2, 3, 50, 50)]:
             check_random(dtype, shape)
+        for shape in [(3, 3, 5, 7), (2, 17), (2, 16, 33, 31), (2, 3, 2, 3, 5)]:
+            check_relu_affine(dtype, shape)
     # empty tensors
     for shape in [(0, 3), (2, 0), (2, 3, 0)]:
         e = torch.empty(shape, device=DEV)
@@ -117,6 +130,9 @@ def main():
         OPS.attack_step(e, e, e, 0.1, 0.1, 0.0, 1.0, True)
         OPS.attack_step_(e, e.clone(), e, 0.1, 0.1, 0.0, 1.0, True)
         OPS.random_delta(e, 0.1, 0.0, 1.0, True, None)
+        if len(shape) >= 2:
+            c = torch.zeros(shape[1], device=DEV)
+            OPS.relu_affine_backward(e, e, c, c)
     torch.cuda.synchronize()
     print("sanitizer_driver: all CUDA ops ran")
 

@@ -27,4 +27,10 @@ TORCH_LIBRARY(gradalign_fast, m) {
   // delta = clamp(x + delta, lo, hi) - x. FGSM-RS start: radius = eps; N-FGSM noise: 2 eps.
   m.def("random_delta(Tensor x, float radius, float lo, float hi, bool clip_to_box, "
         "Generator? generator=None) -> Tensor");
+  // Backward of r = relu(x * scale + shift) (a ReLU after a train-mode BatchNorm, per channel
+  // c = dim 1) with respect to r's input, without r: out = grad where x*scale[c] + shift[c] > 0,
+  // else 0. x, grad: [B, C, ...] of one dtype; scale, shift: [C] of x's dtype. The output is
+  // shaped, typed and laid out like grad. Lets GradAlign's double backward recompute nothing
+  // for the ReLU masks it no longer keeps (gradalign_fast/fast_double_backward.py).
+  m.def("relu_affine_backward(Tensor grad, Tensor x, Tensor scale, Tensor shift) -> Tensor");
 }

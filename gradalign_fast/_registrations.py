@@ -36,6 +36,13 @@ def _random_delta_fake(x, radius, lo, hi, clip_to_box, generator=None):
     return torch.empty_like(x)
 
 
+@torch.library.register_fake("gradalign_fast::relu_affine_backward")
+def _relu_affine_backward_fake(grad, x, scale, shift):
+    torch._check(grad.shape == x.shape,
+                 lambda: "gradalign_fast::relu_affine_backward: grad and x differ in shape")
+    return torch.empty_like(grad)
+
+
 def _cosine_setup_context(ctx, inputs, output):
     a, b = inputs
     cos, norm_a, norm_b = output
@@ -56,3 +63,23 @@ def _cosine_backward(ctx, grad_cos, _grad_norm_a, _grad_norm_b):
 
 torch.library.register_autograd("gradalign_fast::cosine", _cosine_backward,
                                 setup_context=_cosine_setup_context)
+
+
+def _relu_affine_setup_context(ctx, inputs, output):
+    _, x, scale, shift = inputs
+    ctx.save_for_backward(x, scale, shift)
+
+
+def _relu_affine_backward_backward(ctx, v):
+    """Linear in grad: the same mask applied to v; zero (almost everywhere) in x, scale and
+    shift, which only move the mask's boundary."""
+    x, scale, shift = ctx.saved_tensors
+    grad_v = None
+    if ctx.needs_input_grad[0]:
+        grad_v = torch.ops.gradalign_fast.relu_affine_backward(v, x, scale, shift)
+    return grad_v, None, None, None
+
+
+torch.library.register_autograd("gradalign_fast::relu_affine_backward",
+                                _relu_affine_backward_backward,
+                                setup_context=_relu_affine_setup_context)

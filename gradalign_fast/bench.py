@@ -57,6 +57,8 @@ STEPS = [
     Variant("fgsm_rs", "FGSM-RS", _method(methods.FGSMRS)),
     Variant("gradalign_plain", "FGSM+GradAlign, plain PyTorch (authors')", _plain),
     Variant("gradalign", "FGSM+GradAlign exact (gradalign_fast)", _method(methods.GradAlign)),
+    Variant("gradalign_keep", "  exact, low_memory=False",
+            _method(methods.GradAlign, low_memory=False)),
     Variant("gradalign_torch2nd", "  exact, PyTorch's 2nd derivatives",
             _method(methods.GradAlign, fast_layers=False)),
     Variant("ga_fraction0.25", "  approx: fraction=0.25", _method(methods.GradAlign,

@@ -15,6 +15,12 @@ backward is itself differentiated. PyTorch's generic second derivatives waste wo
   transposed copies; here it is one native weight-gradient call. And the pass that takes only
   the input gradient (autograd.grad) computes no weight gradient (see input_grad_only()).
 
+Memory (low_memory=True, the default): a ReLU that follows a train-mode BatchNorm keeps no
+tensor, and neither does the convolution that reads its output. That output is recomputed
+from the BatchNorm's input (kept anyway) in one elementwise pass where a backward needs it
+(_AffineReLU), bitwise equal on CPU to the forward's. In a pre-activation ResNet this halves
+the activations the double backward holds, at no measurable time cost.
+
 `fast_double_backward()` is a TorchFunctionMode that routes F.conv2d, F.batch_norm (train mode,
 affine) and F.relu (not in place) to these Functions, under autocast too (conv2d in the autocast
 dtype as PyTorch's policy; BatchNorm with float32 statistics); everything else runs as usual.
@@ -29,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
+
+from . import ops
 
 
 def _channel_view(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -118,18 +126,90 @@ class _BatchNormTrain(torch.autograd.Function):
     """Train-mode BatchNorm (batch statistics; running stats updated in place, as PyTorch)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, mode):
         y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var,
                                                   True, momentum, eps)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps = eps
+        if mode.low_memory and x.dtype in (torch.float32, torch.float64):
+            y._gaf_bn = _AffineReLU(x, weight, bias, mean, invstd)
         return y
 
     @staticmethod
     def backward(ctx, g):
         x, weight, mean, invstd = ctx.saved_tensors
         dx, dw, db = _BatchNormBackward.apply(g, x, weight, mean, invstd, ctx.eps)
-        return dx, dw, db, None, None, None, None
+        return dx, dw, db, None, None, None, None, None
+
+
+class _AffineReLU:
+    """r = relu(x * a + b) with per-channel a = gamma * invstd, b = beta - mean * a: the output
+    of a ReLU after a train-mode BatchNorm, not kept (low_memory) but recomputed from the
+    BatchNorm's input, which the BatchNorm keeps anyway (equal to the forward's value up to
+    float rounding; bitwise on CPU).
+
+    x: [B, C, ...] (held detached: no copy); a, b: [C] constants (the parameters do not change
+    between the forward and the backward).
+
+    The ReLU's backward needs only the mask r > 0: the op relu_affine_backward applies it from
+    x in one pass (the same memory traffic as threshold_backward(g, r)), so that costs nothing
+    extra. Only a convolution's weight gradient needs r itself: `output(keep=True)` recomputes
+    it and keeps it for the ReLU backward that follows in the same first-order pass."""
+
+    __slots__ = ("x", "a", "b", "_kept")
+
+    def __init__(self, x, weight, bias, mean, invstd):
+        a = (weight.detach() * invstd).to(x.dtype)
+        self.x = x.detach()
+        self.a = a
+        self.b = (bias.detach() - mean * a).to(x.dtype)
+        self._kept = None
+
+    def output(self, keep: bool = False) -> torch.Tensor:
+        out = self._kept
+        if out is None:
+            out = torch.addcmul(_channel_view(self.b, self.x), self.x,
+                                _channel_view(self.a, self.x)).relu_()
+        self._kept = out if keep else None
+        return out
+
+    def relu_backward(self, g: torch.Tensor) -> torch.Tensor:
+        """threshold_backward(g, r, 0) (releases a kept r)."""
+        out, self._kept = self._kept, None
+        if out is not None:
+            return torch.ops.aten.threshold_backward(g, out, 0)
+        return ops.relu_affine_backward(g, self.x, self.a, self.b)
+
+
+class _ReLUBackward(torch.autograd.Function):
+    """(g, recipe) -> threshold_backward(g, relu output): the backward of a ReLU whose output
+    is recomputed by an _AffineReLU recipe. Linear in g; its backward is itself."""
+
+    @staticmethod
+    def forward(ctx, g, recipe):
+        ctx.recipe = recipe
+        return recipe.relu_backward(g)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, v):
+        return ctx.recipe.relu_backward(v), None
+
+
+class _ReLUAfterBatchNorm(torch.autograd.Function):
+    """ReLU of a train-mode BatchNorm's output that keeps no tensor: its output is recomputed
+    (_AffineReLU) by its backward and by the convolution that reads it."""
+
+    @staticmethod
+    def forward(ctx, x, recipe):
+        ctx.recipe = recipe
+        out = torch.relu(x)
+        out._gaf_relu = recipe
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return _ReLUBackward.apply(g, ctx.recipe), None
 
 
 class _ReLU(torch.autograd.Function):
@@ -159,14 +239,15 @@ class _ConvBackwardInput(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, g, weight, x, args):
-        ctx.save_for_backward(g, weight, x)
+        """x: the convolution's input, read for its size only (may be _size_only(...))."""
+        ctx.save_for_backward(g, weight)
         ctx.args = args  # (stride, padding, dilation, groups)
         return _conv_backward(g, x, weight, args, (True, False, False))[0]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, v):
-        g, weight, x = ctx.saved_tensors
+        g, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.args
         grad_g = grad_w = None
         if ctx.needs_input_grad[0]:
@@ -175,6 +256,12 @@ class _ConvBackwardInput(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = _conv_backward(g, v, weight, ctx.args, (False, True, False))[1]
         return grad_g, grad_w, None, None
+
+
+def _size_only(x_shape, like: torch.Tensor) -> torch.Tensor:
+    """A stand-in of the convolution input for convolution_backward calls that read only its
+    size (input gradient only), as torch.nn.grad.conv2d_input does: no memory."""
+    return like.new_empty(1).expand(x_shape)
 
 
 def _conv_backward(g, x, weight, args, mask):
@@ -188,44 +275,48 @@ def _conv_backward(g, x, weight, args, mask):
 class _Conv2d(torch.autograd.Function):
     """conv2d whose input gradient is a _ConvBackwardInput (cheap to differentiate again) and
     whose weight and bias gradients are skipped while `mode.skip_weight_grads` is set (the pass
-    that takes only the input gradient: autograd.grad would discard them)."""
+    that takes only the input gradient: autograd.grad would discard them).
+
+    recipe: an _AffineReLU when the input is a ReLU-after-BatchNorm output (low_memory): the
+    input is then not kept but recomputed where the weight gradient needs it."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, args, mode):
+    def forward(ctx, x, weight, bias, args, mode, recipe):
         stride, padding, dilation, groups = args
-        ctx.save_for_backward(x, weight)
-        ctx.args = args
-        ctx.mode = mode
+        ctx.save_for_backward(weight) if recipe is not None else ctx.save_for_backward(x, weight)
+        ctx.args, ctx.mode, ctx.recipe, ctx.x_shape = args, mode, recipe, x.shape
         return torch.convolution(x, weight, bias, stride, padding, dilation, False, [0, 0],
                                  groups)
 
     @staticmethod
     def backward(ctx, g):
-        x, weight = ctx.saved_tensors
+        recipe = ctx.recipe
+        x, weight = (None, *ctx.saved_tensors) if recipe is not None else ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if ctx.mode.skip_weight_grads:
             need_w = need_b = False
+        if recipe is not None:
+            x = recipe.output(keep=True) if need_w else _size_only(ctx.x_shape, g)
         if not torch.is_grad_enabled():  # a first-order pass: one native call does it all
             return (*_conv_backward(g, x, weight, ctx.args, (need_x, need_w, need_b)), None,
-                    None)
+                    None, None)
+        if recipe is not None and need_w:
+            raise RuntimeError("fast_double_backward(low_memory=True) supports create_graph "
+                               "passes that take input gradients only (input_grad_only())")
         grad_x = _ConvBackwardInput.apply(g, weight, x, ctx.args) if need_x else None
         # Differentiable native call: recorded only when this pass has create_graph=True.
         grad_w = _conv_backward(g, x, weight, ctx.args, (False, True, False))[1] if need_w else None
         grad_b = g.sum((0, 2, 3)) if need_b else None
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 def _pair(v) -> list[int]:
     return [v, v] if isinstance(v, int) else list(v)
 
 
-def _batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-                momentum=0.1, eps=1e-5):
-    return _BatchNormTrain.apply(input, weight, bias, running_mean, running_var, momentum, eps)
-
-
 def _relu(input, inplace=False):
-    return _ReLU.apply(input)
+    recipe = getattr(input, "_gaf_bn", None)
+    return _ReLU.apply(input) if recipe is None else _ReLUAfterBatchNorm.apply(input, recipe)
 
 
 def _fast_path_ok(func, args, kwargs) -> bool:
@@ -245,7 +336,9 @@ class fast_double_backward(TorchFunctionMode):
     F.conv2d use the Functions above; everything else runs as usual.
 
     Use it around the forward whose input gradient is then taken with create_graph=True, and
-    take that gradient inside `input_grad_only()` so that no weight gradient is computed::
+    take that gradient inside `input_grad_only()` so that no weight gradient is computed
+    (with low_memory=True, a create_graph pass that asks for a convolution's weight gradient
+    raises: its recomputed input would carry no graph)::
 
         fdb = fast_double_backward()
         with fdb:
@@ -254,10 +347,11 @@ class fast_double_backward(TorchFunctionMode):
             (gx,) = torch.autograd.grad(loss, x, create_graph=True)
     """
 
-    def __init__(self):
+    def __init__(self, low_memory: bool = True):
         super().__init__()
         self.skip_weight_grads = False
-        self._routes = {F.batch_norm: _batch_norm, F.relu: _relu, torch.relu: _relu,
+        self.low_memory = bool(low_memory)
+        self._routes = {F.batch_norm: self._batch_norm, F.relu: _relu, torch.relu: _relu,
                         F.conv2d: self._conv2d}
 
     @contextlib.contextmanager
@@ -268,17 +362,23 @@ class fast_double_backward(TorchFunctionMode):
         finally:
             self.skip_weight_grads = False
 
+    def _batch_norm(self, input, running_mean, running_var, weight=None, bias=None,
+                    training=False, momentum=0.1, eps=1e-5):
+        return _BatchNormTrain.apply(input, weight, bias, running_mean, running_var, momentum,
+                                     eps, self)
+
     def _conv2d(self, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         args = (_pair(stride), _pair(padding), _pair(dilation), groups)
         dev = input.device.type
         if not torch.is_autocast_enabled(dev):
-            return _Conv2d.apply(input, weight, bias, args, self)
+            return _Conv2d.apply(input, weight, bias, args, self,
+                                 getattr(input, "_gaf_relu", None))
         # autocast's policy for conv2d, with differentiable casts outside the Function
         dt = torch.get_autocast_dtype(dev)
         input, weight = input.to(dt), weight.to(dt)
         bias = None if bias is None else bias.to(dt)
         with torch.autocast(dev, enabled=False):
-            return _Conv2d.apply(input, weight, bias, args, self)
+            return _Conv2d.apply(input, weight, bias, args, self, None)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -79,6 +79,9 @@ class GradAlignLoss(nn.Module):
         every: regularise every k-th call (see above).
         fast_layers: use gradalign_fast.fast_double_backward (False: PyTorch's own second
             derivatives, same values; for comparison).
+        low_memory: with fast_layers, recompute ReLU-after-BatchNorm outputs instead of keeping
+            them (same values; in a pre-activation ResNet ~25% less peak memory for the
+            regulariser at no measurable time cost). False keeps them, for comparison.
     Attributes:
         last_cos: mean cosine of the last regularised exact-mode call (detached 0-dim tensor),
             for monitoring; None before the first and in linearity mode.
@@ -87,7 +90,7 @@ class GradAlignLoss(nn.Module):
 
     def __init__(self, eps: float, lam: float, loss_fn: LossFn = F.cross_entropy,
                  check_finite: bool = True, mode: str = "exact", fraction: float = 1.0,
-                 every: int = 1, fast_layers: bool = True):
+                 every: int = 1, fast_layers: bool = True, low_memory: bool = True):
         super().__init__()
         for name, v in (("eps", eps), ("lam", lam)):
             if not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -103,6 +106,7 @@ class GradAlignLoss(nn.Module):
         self.check_finite = check_finite
         self.mode, self.fraction, self.every = mode, float(fraction), every
         self.fast_layers = bool(fast_layers)
+        self.low_memory = bool(low_memory)
         self._calls = 0  # forward calls so far, for `every`
         self.last_cos: torch.Tensor | None = None
         self.last_valid: torch.Tensor | None = None
@@ -172,7 +176,7 @@ class GradAlignLoss(nn.Module):
         if noise is None:
             noise = ops.random_delta(x, self.eps, clip_to_box=False)
         x_noisy = (x + noise.detach()).requires_grad_(True)
-        fdb = fast_double_backward() if self.fast_layers else None
+        fdb = fast_double_backward(self.low_memory) if self.fast_layers else None
         with record_function(PHASES[0]), fdb or contextlib.nullcontext():
             loss = self.loss_fn(model(x_noisy), y)
         with record_function(PHASES[1]), fdb.input_grad_only() if fdb else \

@@ -58,3 +58,11 @@ def random_delta(x, radius: float, lo: float = 0.0, hi: float = 1.0, clip_to_box
         return _native.random_delta(x, float(radius), float(lo), float(hi), bool(clip_to_box),
                                     generator)
     return reference.random_delta(x, radius, lo, hi, clip_to_box, generator)
+
+
+def relu_affine_backward(grad, x, scale, shift) -> torch.Tensor:
+    """grad where x * scale[c] + shift[c] > 0 (c = dim 1), else 0; x, grad: [B, C, ...],
+    scale, shift: [C] of x's dtype. Differentiable in grad (the op is linear in it)."""
+    if _native is not None:
+        return _native.relu_affine_backward(grad, x, scale, shift)
+    return reference.relu_affine_backward(grad, x, scale, shift)

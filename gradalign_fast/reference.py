@@ -64,6 +64,14 @@ def random_delta(x, radius, lo, hi, clip_to_box, generator=None) -> torch.Tensor
 
 
 # ---------------------------------------------------------------- attacks
+def relu_affine_backward(grad, x, scale, shift) -> torch.Tensor:
+    """grad where x * scale[c] + shift[c] > 0 (c = dim 1), else 0: the backward of
+    relu(x * scale + shift) with respect to its input. x, grad: [B, C, ...]; scale, shift: [C]."""
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    pre = torch.addcmul(shift.view(view), x, scale.view(view))
+    return torch.where(pre > 0, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+
+
 def input_grad(model, x, y, loss_fn: LossFn = F.cross_entropy, delta=None,
                create_graph=False) -> torch.Tensor:
     """Gradient of loss_fn(model(x + delta), y) with respect to the input (authors'

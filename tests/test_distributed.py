@@ -62,7 +62,8 @@ def _worker(rank, world, init_file, out_dir):
     for x, y, _ in _batches():
         train_step(make_method("gradalign", EPS, lam=LAM), ddp, opt, x[half], y[half])
     torch.save(distributed.unwrap(ddp).state_dict(), os.path.join(out_dir, f"step{rank}.pt"))
-    dist.destroy_process_group()
+    del ddp, opt
+    distributed.destroy_process_group()
 
 
 def test_ddp_gradalign_matches_single_process_on_the_global_batch(tmp_path):

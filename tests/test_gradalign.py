@@ -222,13 +222,17 @@ def test_bad_call_arguments():
 
 
 # ---------------------------------------------------------------- fast double backward layers
-def _fdb_layers():
-    """(name, fn(x, w, b), inputs) of each Function of fast_double_backward, float64."""
+def _fdb_layers(low_memory=True):
+    """(name, fn(x, w, b), inputs) of each Function of fast_double_backward, float64.
+
+    The last one is a pre-activation unit, BatchNorm -> ReLU -> conv, whose ReLU output is
+    recomputed under low_memory (its conv weight is a constant: see test_low_memory_...)."""
     from gradalign_fast.fast_double_backward import fast_double_backward
 
     g = torch.Generator().manual_seed(3)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_(True)
-    fdb = fast_double_backward()
+    conv_w = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64)
+    fdb = fast_double_backward(low_memory)
     return fdb, [
         ("batch_norm", lambda x, w, b: F.batch_norm(x, None, None, w, b, True),
          (r(3, 2, 3, 3), r(2), r(2))),
@@ -238,12 +242,18 @@ def _fdb_layers():
         ("conv2d", lambda x, w, b: F.conv2d(x, w, b, 2, 1), (r(2, 2, 5, 5), r(3, 2, 3, 3), r(3))),
         ("conv2d_groups", lambda x, w, b: F.conv2d(x, w, b, 1, (1, 0), 1, 2),
          (r(2, 4, 4, 4), r(4, 2, 3, 3), r(4))),
+        ("bn_relu_conv", lambda x, w, b: F.conv2d(
+            F.relu(F.batch_norm(x, None, None, w, b, True)), conv_w, None, 1, 1),
+         (r(3, 2, 5, 5), r(2), r(2))),
     ]
 
 
-@pytest.mark.parametrize("i", range(5))
-def test_fast_double_backward_gradgradcheck(i):
-    fdb, layers = _fdb_layers()
+LAYERS = [(i, low) for i in range(6) for low in (True, False)]
+
+
+@pytest.mark.parametrize("i, low_memory", LAYERS)
+def test_fast_double_backward_gradgradcheck(i, low_memory):
+    fdb, layers = _fdb_layers(low_memory)
     name, fn, inputs = layers[i]
 
     def fast(*a):
@@ -254,10 +264,10 @@ def test_fast_double_backward_gradgradcheck(i):
     assert torch.autograd.gradgradcheck(fast, inputs, fast_mode=True), name
 
 
-@pytest.mark.parametrize("i", range(5))
-def test_fast_double_backward_equals_pytorch(i):
+@pytest.mark.parametrize("i, low_memory", LAYERS)
+def test_fast_double_backward_equals_pytorch(i, low_memory):
     """Second derivatives of the GradAlign kind (input gradient, then all parameters)."""
-    fdb, layers = _fdb_layers()
+    fdb, layers = _fdb_layers(low_memory)
     name, fn, inputs = layers[i]
 
     def second(fast):
@@ -272,6 +282,48 @@ def test_fast_double_backward_equals_pytorch(i):
             assert b is None or b.abs().max() == 0, name
         else:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_low_memory_keeps_no_relu_output_and_changes_no_value():
+    """A BatchNorm -> ReLU -> conv unit: under low_memory neither the ReLU nor the conv keeps
+    the ReLU output (fewer saved bytes); GradAlign's value and parameter gradients on a
+    pre-activation ResNet are bitwise those of low_memory=False; a create_graph pass that asks
+    for the conv's weight gradient raises instead of returning a wrong second derivative."""
+    from gradalign_fast import models
+    from gradalign_fast.fast_double_backward import fast_double_backward
+
+    bn, conv = nn.BatchNorm2d(4).double(), nn.Conv2d(4, 4, 3, padding=1).double()
+    x = torch.randn(3, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    saved = {}
+    for low in (True, False):
+        ids = set()
+
+        def pack(t, ids=ids):
+            ids.add((t.data_ptr(), t.numel()))
+            return t
+
+        with fast_double_backward(low), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = conv(F.relu(bn(x)))
+        saved[low] = sum(n for _, n in ids)
+    assert saved[True] < saved[False] - x.numel() // 2
+
+    torch.manual_seed(0)
+    model = models.build_model("preact_resnet18_narrow").double()
+    xb, yb = torch.rand(4, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (4,))
+    noise = torch.empty_like(xb).uniform_(-8 / 255, 8 / 255)
+    out = {}
+    for low in (True, False):
+        m = copy.deepcopy(model)
+        reg = GradAlignLoss(8 / 255, 1.0, low_memory=low)(m, xb, yb, noise=noise)
+        reg.backward()
+        out[low] = [reg.detach()] + [p.grad for p in m.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(out[True], out[False]))
+
+    fdb = fast_double_backward(True)
+    with fdb:
+        y = conv(F.relu(bn(x)))
+    with pytest.raises(RuntimeError, match="input gradients only"):
+        torch.autograd.grad(y.square().sum(), [x, conv.weight], create_graph=True)
 
 
 def test_fast_double_backward_running_stats_and_fallbacks():

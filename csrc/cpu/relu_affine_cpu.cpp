@@ -1,0 +1,80 @@
+// CPU kernel of gradalign_fast::relu_affine_backward (contract: csrc/gradalign_fast.cpp).
+// Contiguous float/double: vectorised over each (n, c) plane, parallel over planes. Anything
+// else (channels_last, other strides, half/bfloat16): TensorIterator, scalar, in float.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/native/cpu/Loops.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "relu_affine_iter.h"
+
+namespace gradalign_fast {
+namespace {
+
+// Contiguous NCHW float/double: one (n, c) plane at a time, scale/shift constant over it, the
+// plane a plain loop that -O3 vectorises. (TensorIterator's vectorised loop takes at most one
+// broadcast input; at::vec::Vectorized is only SIMD in PyTorch's per-ISA builds.)
+template <typename scalar_t>
+void relu_affine_planes(at::Tensor& out, const at::Tensor& grad, const at::Tensor& x,
+                        const at::Tensor& scale, const at::Tensor& shift) {
+  const int64_t channels = x.size(1), plane = x.numel() / (x.size(0) * channels);
+  const scalar_t* g = grad.const_data_ptr<scalar_t>();
+  const scalar_t* xs = x.const_data_ptr<scalar_t>();
+  const scalar_t* a = scale.const_data_ptr<scalar_t>();
+  const scalar_t* b = shift.const_data_ptr<scalar_t>();
+  scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(plane, 1));
+  at::parallel_for(0, x.size(0) * channels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const scalar_t av = a[p % channels], bv = b[p % channels];
+      const int64_t base = p * plane;
+      const scalar_t* gp = g + base;
+      const scalar_t* xp = xs + base;
+      scalar_t* op = o + base;
+      for (int64_t i = 0; i < plane; ++i) {  // branch-free (both loads unconditional): -O3
+        const scalar_t gv = gp[i], pre = xp[i] * av + bv;  // vectorises it
+        op[i] = pre > scalar_t(0) ? gv : scalar_t(0);
+      }
+    }
+  });
+}
+
+at::Tensor relu_affine_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
+                                    const at::Tensor& scale, const at::Tensor& shift) {
+  check_relu_affine_inputs(grad, x, scale, shift, "gradalign_fast::relu_affine_backward");
+  at::Tensor out = at::empty_like(grad);
+  if (out.numel() == 0) return out;
+  const bool planes = (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
+                      x.is_contiguous() && grad.is_contiguous() && out.is_contiguous() &&
+                      scale.is_contiguous() && shift.is_contiguous();
+  if (planes) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "relu_affine_backward_cpu", [&] {
+      relu_affine_planes<scalar_t>(out, grad, x, scale, shift);
+    });
+    return out;
+  }
+  // Any other layout or dtype: TensorIterator (any strides), the pre-activation in float.
+  const at::Tensor scale_view = channel_view(scale, x), shift_view = channel_view(shift, x);
+  auto iter = make_relu_affine_iter(out, grad, x, scale_view, shift_view);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, iter.common_dtype(),
+                                  "relu_affine_backward_cpu", [&] {
+    using math_t = at::opmath_type<scalar_t>;
+    at::native::cpu_kernel(iter, [](scalar_t g, scalar_t xv, scalar_t a, scalar_t b) -> scalar_t {
+      const math_t pre = static_cast<math_t>(xv) * static_cast<math_t>(a) + static_cast<math_t>(b);
+      return pre > math_t(0) ? g : scalar_t(0);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gradalign_fast, CPU, m) {
+  m.impl("relu_affine_backward", &relu_affine_backward_cpu);
+}
+
+}  // namespace gradalign_fast
