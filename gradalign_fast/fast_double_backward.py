@@ -132,7 +132,7 @@ class _BatchNormTrain(torch.autograd.Function):
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps = eps
         if mode.low_memory and x.dtype in (torch.float32, torch.float64):
-            y._gaf_bn = _AffineReLU(x, weight, bias, mean, invstd)
+            _mark(y, "_gaf_bn", _AffineReLU(x, weight, bias, mean, invstd))
         return y
 
     @staticmethod
@@ -140,6 +140,18 @@ class _BatchNormTrain(torch.autograd.Function):
         x, weight, mean, invstd = ctx.saved_tensors
         dx, dw, db = _BatchNormBackward.apply(g, x, weight, mean, invstd, ctx.eps)
         return dx, dw, db, None, None, None, None, None
+
+
+def _mark(t: torch.Tensor, name: str, recipe) -> None:
+    """Tags t with the recipe that recomputes it, valid while t is not modified in place."""
+    setattr(t, name, (recipe, t._version))
+
+
+def _recipe(t: torch.Tensor, name: str):
+    """The recipe t was tagged with, or None (untagged, or modified in place since: an
+    in-place op after BatchNorm or ReLU, then the plain Functions are used)."""
+    tag = getattr(t, name, None)
+    return tag[0] if tag is not None and tag[1] == t._version else None
 
 
 class _AffineReLU:
@@ -204,7 +216,7 @@ class _ReLUAfterBatchNorm(torch.autograd.Function):
     def forward(ctx, x, recipe):
         ctx.recipe = recipe
         out = torch.relu(x)
-        out._gaf_relu = recipe
+        _mark(out, "_gaf_relu", recipe)
         return out
 
     @staticmethod
@@ -315,7 +327,7 @@ def _pair(v) -> list[int]:
 
 
 def _relu(input, inplace=False):
-    recipe = getattr(input, "_gaf_bn", None)
+    recipe = _recipe(input, "_gaf_bn")
     return _ReLU.apply(input) if recipe is None else _ReLUAfterBatchNorm.apply(input, recipe)
 
 
@@ -371,8 +383,7 @@ class fast_double_backward(TorchFunctionMode):
         args = (_pair(stride), _pair(padding), _pair(dilation), groups)
         dev = input.device.type
         if not torch.is_autocast_enabled(dev):
-            return _Conv2d.apply(input, weight, bias, args, self,
-                                 getattr(input, "_gaf_relu", None))
+            return _Conv2d.apply(input, weight, bias, args, self, _recipe(input, "_gaf_relu"))
         # autocast's policy for conv2d, with differentiable casts outside the Function
         dt = torch.get_autocast_dtype(dev)
         input, weight = input.to(dt), weight.to(dt)

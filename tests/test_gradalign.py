@@ -319,6 +319,21 @@ def test_low_memory_keeps_no_relu_output_and_changes_no_value():
         out[low] = [reg.detach()] + [p.grad for p in m.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(out[True], out[False]))
 
+    # an in-place op between BatchNorm and ReLU, or ReLU and conv: no recipe, plain Functions
+    for between in ("bn", "relu"):
+        with fast_double_backward(True):
+            h = bn(x)
+            if between == "bn":
+                h.mul_(0.5)
+            r = F.relu(h)
+            if between == "relu":
+                r.add_(1.0)
+            y = conv(r)
+        assert (r.grad_fn.name() == "_ReLUBackward") == (between == "bn")
+        want = conv(F.relu(bn(x) * 0.5) if between == "bn" else F.relu(bn(x)) + 1.0)
+        gx = torch.autograd.grad(y.square().sum(), x)[0]
+        torch.testing.assert_close(gx, torch.autograd.grad(want.square().sum(), x)[0])
+
     fdb = fast_double_backward(True)
     with fdb:
         y = conv(F.relu(bn(x)))
