@@ -1,6 +1,7 @@
 // CPU kernel of gradalign_fast::relu_affine_backward (contract: csrc/gradalign_fast.cpp).
-// Contiguous float/double: vectorised over each (n, c) plane, parallel over planes. Anything
-// else (channels_last, other strides, half/bfloat16): TensorIterator, scalar, in float.
+// Contiguous float/double: vectorised over each (n, c) plane, parallel over planes;
+// channels_last float/double: vectorised over each row of channels. Anything else (other
+// strides, half/bfloat16): TensorIterator, scalar, in float.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -43,6 +44,31 @@ void relu_affine_planes(at::Tensor& out, const at::Tensor& grad, const at::Tenso
   });
 }
 
+// Channels-last 4-D float/double: rows of C channel values, one per (n, h, w), the row loop
+// vectorised with scale/shift read along it.
+template <typename scalar_t>
+void relu_affine_rows(at::Tensor& out, const at::Tensor& grad, const at::Tensor& x,
+                      const at::Tensor& scale, const at::Tensor& shift) {
+  const int64_t channels = x.size(1), rows = x.numel() / std::max<int64_t>(channels, 1);
+  const scalar_t* g = grad.const_data_ptr<scalar_t>();
+  const scalar_t* xs = x.const_data_ptr<scalar_t>();
+  const scalar_t* a = scale.const_data_ptr<scalar_t>();
+  const scalar_t* b = shift.const_data_ptr<scalar_t>();
+  scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(channels, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* gp = g + r * channels;
+      const scalar_t* xp = xs + r * channels;
+      scalar_t* op = o + r * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        const scalar_t gv = gp[c], pre = xp[c] * a[c] + b[c];
+        op[c] = pre > scalar_t(0) ? gv : scalar_t(0);
+      }
+    }
+  });
+}
+
 at::Tensor relu_affine_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
                                     const at::Tensor& scale, const at::Tensor& shift) {
   check_relu_affine_inputs(grad, x, scale, shift, "gradalign_fast::relu_affine_backward");
@@ -54,6 +80,16 @@ at::Tensor relu_affine_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
   if (planes) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "relu_affine_backward_cpu", [&] {
       relu_affine_planes<scalar_t>(out, grad, x, scale, shift);
+    });
+    return out;
+  }
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const bool rows = (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
+                    x.dim() == 4 && x.is_contiguous(cl) && grad.is_contiguous(cl) &&
+                    out.is_contiguous(cl) && scale.is_contiguous() && shift.is_contiguous();
+  if (rows) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "relu_affine_backward_cpu", [&] {
+      relu_affine_rows<scalar_t>(out, grad, x, scale, shift);
     });
     return out;
   }
