@@ -16,54 +16,39 @@
 namespace gradalign_fast {
 namespace {
 
-// Contiguous NCHW float/double: one (n, c) plane at a time, scale/shift constant over it, the
-// plane a plain loop that -O3 vectorises. (TensorIterator's vectorised loop takes at most one
-// broadcast input; at::vec::Vectorized is only SIMD in PyTorch's per-ISA builds.)
-template <typename scalar_t>
-void relu_affine_planes(at::Tensor& out, const at::Tensor& grad, const at::Tensor& x,
-                        const at::Tensor& scale, const at::Tensor& shift) {
-  const int64_t channels = x.size(1), plane = x.numel() / (x.size(0) * channels);
+// Dense float/double, as blocks of contiguous memory: an (n, c) plane of H*W values with one
+// scale/shift (NCHW, channels_last = false), or a row of C channel values at one (n, h, w)
+// with scale/shift read along it (channels_last = true). Loops with both loads unconditional,
+// which -O3 vectorises (TensorIterator's vectorised loop takes at most one broadcast input;
+// at::vec::Vectorized is only SIMD in PyTorch's per-ISA builds).
+template <typename scalar_t, bool channels_last>
+void relu_affine_dense(at::Tensor& out, const at::Tensor& grad, const at::Tensor& x,
+                       const at::Tensor& scale, const at::Tensor& shift) {
+  const int64_t channels = x.size(1);
+  const int64_t block = channels_last ? channels : x.numel() / (x.size(0) * channels);
+  const int64_t blocks = x.numel() / std::max<int64_t>(block, 1);
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   const scalar_t* xs = x.const_data_ptr<scalar_t>();
   const scalar_t* a = scale.const_data_ptr<scalar_t>();
   const scalar_t* b = shift.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(plane, 1));
-  at::parallel_for(0, x.size(0) * channels, grain, [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(block, 1));
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
-      const scalar_t av = a[p % channels], bv = b[p % channels];
-      const int64_t base = p * plane;
-      const scalar_t* gp = g + base;
-      const scalar_t* xp = xs + base;
-      scalar_t* op = o + base;
-      for (int64_t i = 0; i < plane; ++i) {  // branch-free (both loads unconditional): -O3
-        const scalar_t gv = gp[i], pre = xp[i] * av + bv;  // vectorises it
-        op[i] = pre > scalar_t(0) ? gv : scalar_t(0);
-      }
-    }
-  });
-}
-
-// Channels-last 4-D float/double: rows of C channel values, one per (n, h, w), the row loop
-// vectorised with scale/shift read along it.
-template <typename scalar_t>
-void relu_affine_rows(at::Tensor& out, const at::Tensor& grad, const at::Tensor& x,
-                      const at::Tensor& scale, const at::Tensor& shift) {
-  const int64_t channels = x.size(1), rows = x.numel() / std::max<int64_t>(channels, 1);
-  const scalar_t* g = grad.const_data_ptr<scalar_t>();
-  const scalar_t* xs = x.const_data_ptr<scalar_t>();
-  const scalar_t* a = scale.const_data_ptr<scalar_t>();
-  const scalar_t* b = shift.const_data_ptr<scalar_t>();
-  scalar_t* o = out.mutable_data_ptr<scalar_t>();
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(channels, 1));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* gp = g + r * channels;
-      const scalar_t* xp = xs + r * channels;
-      scalar_t* op = o + r * channels;
-      for (int64_t c = 0; c < channels; ++c) {
-        const scalar_t gv = gp[c], pre = xp[c] * a[c] + b[c];
-        op[c] = pre > scalar_t(0) ? gv : scalar_t(0);
+      const scalar_t* gp = g + p * block;
+      const scalar_t* xp = xs + p * block;
+      scalar_t* op = o + p * block;
+      if constexpr (channels_last) {
+        for (int64_t c = 0; c < block; ++c) {
+          const scalar_t gv = gp[c], pre = xp[c] * a[c] + b[c];
+          op[c] = pre > scalar_t(0) ? gv : scalar_t(0);
+        }
+      } else {
+        const scalar_t av = a[p % channels], bv = b[p % channels];
+        for (int64_t i = 0; i < block; ++i) {
+          const scalar_t gv = gp[i], pre = xp[i] * av + bv;
+          op[i] = pre > scalar_t(0) ? gv : scalar_t(0);
+        }
       }
     }
   });
@@ -74,22 +59,20 @@ at::Tensor relu_affine_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
   check_relu_affine_inputs(grad, x, scale, shift, "gradalign_fast::relu_affine_backward");
   at::Tensor out = at::empty_like(grad);
   if (out.numel() == 0) return out;
-  const bool planes = (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
-                      x.is_contiguous() && grad.is_contiguous() && out.is_contiguous() &&
-                      scale.is_contiguous() && shift.is_contiguous();
-  if (planes) {
+  const bool dense_dtype = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
+  const bool vectors = scale.is_contiguous() && shift.is_contiguous();
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  if (dense_dtype && vectors && x.is_contiguous() && grad.is_contiguous() &&
+      out.is_contiguous()) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "relu_affine_backward_cpu", [&] {
-      relu_affine_planes<scalar_t>(out, grad, x, scale, shift);
+      relu_affine_dense<scalar_t, false>(out, grad, x, scale, shift);
     });
     return out;
   }
-  const auto cl = at::MemoryFormat::ChannelsLast;
-  const bool rows = (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
-                    x.dim() == 4 && x.is_contiguous(cl) && grad.is_contiguous(cl) &&
-                    out.is_contiguous(cl) && scale.is_contiguous() && shift.is_contiguous();
-  if (rows) {
+  if (dense_dtype && vectors && x.dim() == 4 && x.is_contiguous(cl) && grad.is_contiguous(cl) &&
+      out.is_contiguous(cl)) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "relu_affine_backward_cpu", [&] {
-      relu_affine_rows<scalar_t>(out, grad, x, scale, shift);
+      relu_affine_dense<scalar_t, true>(out, grad, x, scale, shift);
     });
     return out;
   }
