@@ -165,8 +165,9 @@ class _AffineReLU:
 
     The ReLU's backward needs only the mask r > 0: the op relu_affine_backward applies it from
     x in one pass (the same memory traffic as threshold_backward(g, r)), so that costs nothing
-    extra. Only a convolution's weight gradient needs r itself: `output(keep=True)` recomputes
-    it and keeps it for the ReLU backward that follows in the same first-order pass."""
+    extra. Only a convolution's weight gradient needs r itself: `output()` recomputes it and
+    keeps it for the ReLU backward that follows in the same first-order pass (and for a second
+    convolution reading the same r, e.g. a shortcut), which releases it."""
 
     __slots__ = ("x", "a", "b", "_kept")
 
@@ -177,13 +178,11 @@ class _AffineReLU:
         self.b = (bias.detach() - mean * a).to(x.dtype)
         self._kept = None
 
-    def output(self, keep: bool = False) -> torch.Tensor:
-        out = self._kept
-        if out is None:
-            out = torch.addcmul(_channel_view(self.b, self.x), self.x,
-                                _channel_view(self.a, self.x)).relu_()
-        self._kept = out if keep else None
-        return out
+    def output(self) -> torch.Tensor:
+        if self._kept is None:
+            self._kept = torch.addcmul(_channel_view(self.b, self.x), self.x,
+                                       _channel_view(self.a, self.x)).relu_()
+        return self._kept
 
     def relu_backward(self, g: torch.Tensor) -> torch.Tensor:
         """threshold_backward(g, r, 0) (releases a kept r)."""
@@ -308,7 +307,7 @@ class _Conv2d(torch.autograd.Function):
         if ctx.mode.skip_weight_grads:
             need_w = need_b = False
         if recipe is not None:
-            x = recipe.output(keep=True) if need_w else _size_only(ctx.x_shape, g)
+            x = recipe.output() if need_w else _size_only(ctx.x_shape, g)
         if not torch.is_grad_enabled():  # a first-order pass: one native call does it all
             return (*_conv_backward(g, x, weight, ctx.args, (need_x, need_w, need_b)), None,
                     None, None)

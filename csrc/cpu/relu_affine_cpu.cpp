@@ -62,17 +62,16 @@ at::Tensor relu_affine_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
   const bool dense_dtype = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
   const bool vectors = scale.is_contiguous() && shift.is_contiguous();
   const auto cl = at::MemoryFormat::ChannelsLast;
-  if (dense_dtype && vectors && x.is_contiguous() && grad.is_contiguous() &&
-      out.is_contiguous()) {
+  const bool nchw = x.is_contiguous() && grad.is_contiguous() && out.is_contiguous();
+  const bool nhwc = x.dim() == 4 && x.is_contiguous(cl) && grad.is_contiguous(cl) &&
+                    out.is_contiguous(cl);
+  if (dense_dtype && vectors && (nchw || nhwc)) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "relu_affine_backward_cpu", [&] {
-      relu_affine_dense<scalar_t, false>(out, grad, x, scale, shift);
-    });
-    return out;
-  }
-  if (dense_dtype && vectors && x.dim() == 4 && x.is_contiguous(cl) && grad.is_contiguous(cl) &&
-      out.is_contiguous(cl)) {
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "relu_affine_backward_cpu", [&] {
-      relu_affine_dense<scalar_t, true>(out, grad, x, scale, shift);
+      if (nchw) {
+        relu_affine_dense<scalar_t, false>(out, grad, x, scale, shift);
+      } else {
+        relu_affine_dense<scalar_t, true>(out, grad, x, scale, shift);
+      }
     });
     return out;
   }
