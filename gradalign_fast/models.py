@@ -64,12 +64,14 @@ class PreActResNet18(nn.Module):
         return self.linear(out)
 
 
-def mnist_cnn(num_classes=10, in_channels=1):
-    """The small MNIST CNN of Wong et al. (2020), used for fast adversarial training on MNIST."""
+def mnist_cnn(num_classes=10, in_channels=1, width=1):
+    """The small MNIST CNN of Wong et al. (2020), used for fast adversarial training on MNIST;
+    `width` multiplies every layer's channels/units (28x28 inputs)."""
+    c1, c2, h = 16 * width, 32 * width, 100 * width
     return nn.Sequential(
-        nn.Conv2d(in_channels, 16, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, num_classes),
+        nn.Conv2d(in_channels, c1, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(c2 * 7 * 7, h), nn.ReLU(), nn.Linear(h, num_classes),
     )
 
 
@@ -83,6 +85,8 @@ def resnet50(num_classes=1000, in_channels=3):
 
 MODELS = {
     "mnist_cnn": mnist_cnn,
+    "mnist_cnn_wide": lambda num_classes=10, in_channels=1: mnist_cnn(num_classes, in_channels,
+                                                                      width=4),
     "preact_resnet18": PreActResNet18,
     "preact_resnet18_narrow": lambda num_classes=10, in_channels=3: PreActResNet18(
         num_classes, in_channels, width=16),
