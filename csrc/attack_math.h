@@ -1,5 +1,5 @@
 // Element formulas shared by the CPU and CUDA kernels, so both compute bit-for-bit the same
-// arithmetic as the reference (gradalign_fast/reference.py) in the op's math type.
+// arithmetic as the reference (gradalign_fast/ops/reference.py) in the op's math type.
 #pragma once
 #include <c10/macros/Macros.h>
 

@@ -1,7 +1,28 @@
 // Operator schemas of the gradalign_fast namespace, declared once. Kernels live in
 // csrc/cpu (CPU dispatch key) and csrc/cuda (CUDA dispatch key); fake kernels and autograd
-// are registered from Python (gradalign_fast/_registrations.py).
+// are registered from Python (gradalign_fast/ops/_registrations.py).
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
+
+#ifdef GRADALIGN_FAST_WITH_CUDA
+#include <cuda.h>
+#endif
+
+namespace gradalign_fast {
+namespace {
+
+// The CUDA toolkit version the kernels were built with (e.g. 13000), or -1 for a CPU-only
+// build (torchvision's _cuda_version): what gradalign_fast.ops reads to choose kernels.
+int64_t cuda_version() {
+#ifdef GRADALIGN_FAST_WITH_CUDA
+  return CUDA_VERSION;
+#else
+  return -1;
+#endif
+}
+
+}  // namespace
+}  // namespace gradalign_fast
 
 TORCH_LIBRARY(gradalign_fast, m) {
   // Per-sample cosine of two gradient batches a, b of shape [B, ...]:
@@ -25,12 +46,18 @@ TORCH_LIBRARY(gradalign_fast, m) {
         "float lo, float hi, bool project) -> ()");
   // A random perturbation delta ~ U([-radius, radius]^d) shaped like x; with clip_to_box,
   // delta = clamp(x + delta, lo, hi) - x. FGSM-RS start: radius = eps; N-FGSM noise: 2 eps.
+  // nondeterministic_seeded: two identical calls give different results, so graph passes must
+  // not merge them.
   m.def("random_delta(Tensor x, float radius, float lo, float hi, bool clip_to_box, "
-        "Generator? generator=None) -> Tensor");
+        "Generator? generator=None) -> Tensor",
+        {at::Tag::nondeterministic_seeded});
   // Backward of r = relu(x * scale + shift) (a ReLU after a train-mode BatchNorm, per channel
   // c = dim 1) with respect to r's input, without r: out = grad where x*scale[c] + shift[c] > 0,
   // else 0. x, grad: [B, C, ...] of one dtype; scale, shift: [C] of x's dtype. The output is
   // shaped, typed and laid out like grad. Lets GradAlign's double backward recompute nothing
-  // for the ReLU masks it no longer keeps (gradalign_fast/fast_double_backward.py).
+  // for the ReLU masks it no longer keeps (gradalign_fast/double_backward.py).
   m.def("relu_affine_backward(Tensor grad, Tensor x, Tensor scale, Tensor shift) -> Tensor");
+  // CUDA toolkit version of the build (CUDA_VERSION), -1 without CUDA kernels. No tensors:
+  // one implementation for every backend.
+  m.def("_cuda_version() -> int", &gradalign_fast::cuda_version);
 }

@@ -1,12 +1,16 @@
 """gradalign_fast: fast, exact GradAlign and an adversarial-training toolkit.
 
-    from gradalign_fast import GradAlignLoss, has_ops
-"""
-from ._extension import has_cuda_ops, has_ops, ops_error
-from . import attacks, ops, reference
-from .gradalign import GradAlignLoss
-from .checkpoint import load_checkpoint
+    import gradalign_fast as gf
+    reg = gf.GradAlignLoss(eps=0.3, lam=1.0)
 
-__version__ = "0.1.0"
-__all__ = ["GradAlignLoss", "attacks", "has_cuda_ops", "has_ops", "ops", "ops_error",
-           "reference"]
+The top level holds the regulariser (GradAlignLoss, its approximate modes and the cheaper
+double backward), the attacks and the ops; the training toolkit is `gradalign_fast.training`,
+the command line `gradalign_fast.cli` (`python -m gradalign_fast`).
+"""
+from ._version import __version__
+from . import attacks, ops
+from .gradalign import GradAlignLoss
+from .ops import cuda_version, has_cuda_ops, has_ops, ops_error
+
+__all__ = ["GradAlignLoss", "__version__", "attacks", "cuda_version", "has_cuda_ops",
+           "has_ops", "ops", "ops_error"]

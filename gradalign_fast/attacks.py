@@ -8,8 +8,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from typing import Callable
+
 from . import ops
-from .reference import LossFn
+
+# loss_fn(logits, y) -> scalar loss: what every attack and GradAlignLoss differentiate.
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def input_gradient(model, x, y, loss_fn: LossFn = F.cross_entropy, delta=None) -> torch.Tensor:

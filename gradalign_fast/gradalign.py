@@ -10,10 +10,9 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from . import ops
-from .attacks import input_gradient
-from .fast_approx import check_options, linearity_penalty, random_subset
-from .fast_double_backward import fast_double_backward
-from .reference import LossFn
+from .approx import check_options, linearity_penalty, random_subset
+from .attacks import LossFn, input_gradient
+from .double_backward import fast_double_backward
 
 # record_function ranges of one exact call, for `python -m gradalign_fast profile`
 PHASES = ("gradalign: forward at x+eta", "gradalign: input gradient (create_graph)",
@@ -49,7 +48,7 @@ class GradAlignLoss(nn.Module):
     (train-mode BatchNorm sees the extra forward, as in the authors' code).
 
     The double backward runs through cheaper exact second derivatives of Conv2d, train-mode
-    BatchNorm and ReLU (gradalign_fast.fast_double_backward; same values as PyTorch's).
+    BatchNorm and ReLU (gradalign_fast.double_backward; same values as PyTorch's).
 
     Approximate modes (options; the default, all off, is the exact regulariser above):
 
@@ -77,7 +76,7 @@ class GradAlignLoss(nn.Module):
         mode: "exact" (GradAlign) or "linearity" (see above).
         fraction: fraction of the batch regularised (see above).
         every: regularise every k-th call (see above).
-        fast_layers: use gradalign_fast.fast_double_backward (False: PyTorch's own second
+        fast_layers: use gradalign_fast.double_backward (False: PyTorch's own second
             derivatives, same values; for comparison).
         low_memory: with fast_layers, recompute ReLU-after-BatchNorm outputs instead of keeping
             them (same values; in a pre-activation ResNet ~25% less peak memory for the

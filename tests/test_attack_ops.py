@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import gradalign_fast as gf
-from gradalign_fast import ops, reference
+from gradalign_fast import ops
+from gradalign_fast.ops import reference
 
 from conftest import layouts
 

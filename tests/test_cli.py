@@ -62,8 +62,8 @@ def test_eval_and_plot_errors(tmp_path, capsys):
 
 
 def test_plot_marks_the_first_co_row(tmp_path):
-    from gradalign_fast.commands.plot import load_curves
-    from gradalign_fast.monitor import MetricsLog
+    from gradalign_fast.cli.commands.plot import load_curves
+    from gradalign_fast.training.monitor import MetricsLog
 
     log = MetricsLog(tmp_path / "metrics.jsonl")
     for kind, epoch, pgd, co in [("epoch", 1, 0.3, False), ("iter", 1.5, 0.01, True),

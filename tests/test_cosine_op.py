@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 import gradalign_fast as gf
-from gradalign_fast import ops, reference
+from gradalign_fast import ops
+from gradalign_fast.ops import reference
 
 from conftest import layouts
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import gradalign_fast as gf
-from gradalign_fast import GradAlignLoss, attacks, ops, reference
+from gradalign_fast import GradAlignLoss, attacks, ops
+from gradalign_fast.ops import reference
 
 from conftest import layouts
 

@@ -12,8 +12,9 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gradalign_fast import GradAlignLoss, attacks, distributed
-from gradalign_fast.methods import make_method, train_step
+from gradalign_fast import GradAlignLoss, attacks
+from gradalign_fast.training import distributed
+from gradalign_fast.training.methods import make_method, train_step
 from test_methods import _model  # the small float64 conv net
 
 EPS, LAM, STEPS, BATCH = 0.1, 1.0, 3, 8

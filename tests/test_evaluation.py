@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gradalign_fast import evaluation, reference
-from gradalign_fast.monitor import COMonitor, MetricsLog
+from gradalign_fast.testing import authors_reference as reference
+from gradalign_fast.training import evaluation
+from gradalign_fast.training.monitor import COMonitor, MetricsLog
 
 
 class Images(torch.utils.data.Dataset):

@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gradalign_fast import GradAlignLoss, attacks, reference
+from gradalign_fast import GradAlignLoss, attacks
+from gradalign_fast.testing import authors_reference as reference
 
 
 def small_cnn(dtype=torch.float64, channels=1):
@@ -227,7 +228,7 @@ def _fdb_layers(low_memory=True):
 
     The last one is a pre-activation unit, BatchNorm -> ReLU -> conv, whose ReLU output is
     recomputed under low_memory (its conv weight is a constant: see test_low_memory_...)."""
-    from gradalign_fast.fast_double_backward import fast_double_backward
+    from gradalign_fast.double_backward import fast_double_backward
 
     g = torch.Generator().manual_seed(3)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_(True)
@@ -289,8 +290,8 @@ def test_low_memory_keeps_no_relu_output_and_changes_no_value():
     the ReLU output (fewer saved bytes); GradAlign's value and parameter gradients on a
     pre-activation ResNet are bitwise those of low_memory=False; a create_graph pass that asks
     for the conv's weight gradient raises instead of returning a wrong second derivative."""
-    from gradalign_fast import models
-    from gradalign_fast.fast_double_backward import fast_double_backward
+    from gradalign_fast.training import models
+    from gradalign_fast.double_backward import fast_double_backward
 
     bn, conv = nn.BatchNorm2d(4).double(), nn.Conv2d(4, 4, 3, padding=1).double()
     x = torch.randn(3, 4, 6, 6, dtype=torch.float64, requires_grad=True)
@@ -343,7 +344,7 @@ def test_low_memory_keeps_no_relu_output_and_changes_no_value():
 
 def test_fast_double_backward_running_stats_and_fallbacks():
     """Running statistics update as PyTorch's; eval mode and in-place ReLU fall back."""
-    from gradalign_fast.fast_double_backward import fast_double_backward
+    from gradalign_fast.double_backward import fast_double_backward
 
     bn1, x = nn.BatchNorm2d(3).double(), torch.randn(5, 3, 4, 4, dtype=torch.float64)
     bn2 = copy.deepcopy(bn1)
@@ -375,7 +376,7 @@ def test_fast_layers_under_autocast_match_pytorch():
     assert abs(out[True][0] - out[False][0]) < 2e-2
     flat = {k: torch.cat([g.flatten() for g in v[1]]) for k, v in out.items()}
     assert (flat[True] - flat[False]).norm() <= 0.1 * flat[False].norm()
-    from gradalign_fast.fast_double_backward import fast_double_backward
+    from gradalign_fast.double_backward import fast_double_backward
 
     with fast_double_backward(), torch.autocast("cpu", dtype=torch.bfloat16):
         c = F.conv2d(x, model[0].weight)
@@ -384,8 +385,8 @@ def test_fast_layers_under_autocast_match_pytorch():
 
 # ---------------------------------------------------------------- CUDA-graph capture (GPU only)
 def test_captured_step_needs_cuda():
-    from gradalign_fast import methods
-    from gradalign_fast.fast_cuda_graph import CapturedStep
+    from gradalign_fast.training import methods
+    from gradalign_fast.training.cuda_graph import CapturedStep
 
     x, y = _batch(dtype=torch.float32)
     model = small_cnn(torch.float32)
@@ -394,7 +395,7 @@ def test_captured_step_needs_cuda():
 
 
 def _cuda_setup():
-    from gradalign_fast import methods
+    from gradalign_fast.training import methods
 
     x, y = _batch(n=16, dtype=torch.float32, device="cuda")
     model = small_cnn(torch.float32).cuda()
@@ -404,7 +405,7 @@ def _cuda_setup():
 
 @pytest.mark.cuda
 def test_captured_fgsm_step_equals_eager():
-    from gradalign_fast.fast_cuda_graph import CapturedStep
+    from gradalign_fast.training.cuda_graph import CapturedStep
 
     methods, x, y, model = _cuda_setup()
     eager = copy.deepcopy(model)
@@ -420,7 +421,7 @@ def test_captured_fgsm_step_equals_eager():
 
 @pytest.mark.cuda
 def test_captured_gradalign_step_redraws_noise_and_checks_options():
-    from gradalign_fast.fast_cuda_graph import CapturedStep
+    from gradalign_fast.training.cuda_graph import CapturedStep
 
     methods, x, y, model = _cuda_setup()
     opt = torch.optim.SGD(model.parameters(), 0.01)

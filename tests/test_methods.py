@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gradalign_fast import reference
-from gradalign_fast.methods import METHODS, make_method, train_step
+from gradalign_fast.testing import authors_reference as reference
+from gradalign_fast.training.methods import METHODS, make_method, train_step
 from test_trainer import one_thread  # noqa: F401 (autouse: one CPU thread per test)
 
 EPS = 0.1

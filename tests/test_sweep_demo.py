@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from gradalign_fast.cli import main
-from gradalign_fast.methods import GradAlign
-from gradalign_fast.sweep import grid, markdown_table, parse_method, parse_options, summarize
-from gradalign_fast.trainer import TrainConfig, resolve, train
+from gradalign_fast.training.methods import GradAlign
+from gradalign_fast.training.sweep import grid, markdown_table, parse_method, parse_options, summarize
+from gradalign_fast.training.trainer import TrainConfig, resolve, train
 from test_trainer import one_thread  # noqa: F401 (autouse: one CPU thread per test)
 
 TINY = ["--n-train", "256", "--epochs", "1", "--batch-size", "64", "--n-eval", "32",

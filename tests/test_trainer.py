@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import gradalign_fast
-from gradalign_fast import checkpoint, trainer
-from gradalign_fast.trainer import TrainConfig, TrainingDiverged, train
+from gradalign_fast.training import checkpoint, trainer
+from gradalign_fast.training.trainer import TrainConfig, TrainingDiverged, train
 
 TINY = dict(dataset="mnist_subset", n_train=256, n_monitor=64, n_eval=64, batch_size=64,
             eval_attacks="clean,pgd-3-1", monitor_every=2, progress=False)
@@ -35,12 +35,12 @@ def test_train_writes_every_file(tmp_path):
         assert (tmp_path / f).is_file(), f
     assert final == json.loads((tmp_path / "final.json").read_text())
     assert set(final["accuracy"]) == {"clean", "pgd-3-1"} and final["n_eval"] == 64
-    assert final["lam"] == pytest.approx(gradalign_fast.recipe.lambda_for_eps(76.5))
+    assert final["lam"] == pytest.approx(gradalign_fast.training.recipe.lambda_for_eps(76.5))
     rows = _rows(tmp_path)
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]
     assert all(0 <= r["pgd_acc"] <= r["clean_acc"] + 1e-9 for r in rows)
     assert all(-1 <= r["grad_align"] <= 1 for r in rows)
-    model = gradalign_fast.load_checkpoint(tmp_path / "best.pt")
+    model = gradalign_fast.training.load_checkpoint(tmp_path / "best.pt")
     assert not model.training and next(model.parameters()).device.type == "cpu"
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
@@ -116,7 +116,7 @@ def test_bad_config_is_rejected(tmp_path, bad, match):
 
 # ---------------------------------------------------------------- recipe
 def test_lambda_table_and_log_linear_interpolation():
-    from gradalign_fast.recipe import LAMBDA_TABLE, lambda_for_eps
+    from gradalign_fast.training.recipe import LAMBDA_TABLE, lambda_for_eps
 
     for eps, lam in LAMBDA_TABLE:
         assert lambda_for_eps(eps) == pytest.approx(lam)
@@ -127,7 +127,7 @@ def test_lambda_table_and_log_linear_interpolation():
 
 
 def test_cyclic_lr_peaks_at_two_fifths_and_eps_warmup():
-    from gradalign_fast.recipe import eps_at, lr_at, recipe_for
+    from gradalign_fast.training.recipe import eps_at, lr_at, recipe_for
 
     lrs = [lr_at(s, 10, 5, 0.2) for s in range(50)]
     assert max(lrs) == pytest.approx(0.2) and lrs.index(max(lrs)) == 19  # end of epoch 2 of 5
@@ -141,7 +141,7 @@ def test_cyclic_lr_peaks_at_two_fifths_and_eps_warmup():
 
 
 def test_stop_on_co_stops_at_the_first_event(tmp_path, monkeypatch):
-    from gradalign_fast.monitor import COMonitor
+    from gradalign_fast.training.monitor import COMonitor
 
     update = COMonitor.update
 

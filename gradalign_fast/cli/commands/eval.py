@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import sys
 
-from .. import evaluation
-from ..checkpoint import load_checkpoint
-from ..data import load_dataset
-from ..trainer import USER_ERRORS
+from ...training import evaluation
+from ...training.checkpoint import load_checkpoint
+from ...training.datasets import load_dataset
+from ...training.trainer import USER_ERRORS
 from .train import add_eps_arguments, eps_from_args
 
 

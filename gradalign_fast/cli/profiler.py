@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from . import attacks, bench, gradalign
+from .. import attacks, gradalign
+from . import step_bench
 
 PHASES = ("attack fwd+bwd (FGSM)", "training forward", "training backward",
           *gradalign.PHASES, "gradalign: double backward", "optimizer step")
@@ -44,16 +45,16 @@ def _phase_memory(events, start, end, attr) -> tuple[float, float]:
 
 
 def profile_step(model_name="preact_resnet18_narrow", batch=32, device="cpu", steps=3,
-                 warmup=2, lam=bench.LAM, trace_path=None, **loss_options) -> list[dict]:
+                 warmup=2, lam=step_bench.LAM, trace_path=None, **loss_options) -> list[dict]:
     """Per phase, averaged over `steps` profiled steps: ms, peak and net MiB.
 
     Time is the range's CPU time on CPU, its device (kernel) time on CUDA; memory is what the
     ops inside the range allocate (peak above the range's start; net = what it leaves alive).
     """
     device = torch.device(device)
-    model, x, y = bench._setup(model_name, batch, device, channels_last=False)
+    model, x, y = step_bench._setup(model_name, batch, device, channels_last=False)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    reg = gradalign.GradAlignLoss(bench.default_eps(model_name), lam, **loss_options)
+    reg = gradalign.GradAlignLoss(step_bench.default_eps(model_name), lam, **loss_options)
     for _ in range(warmup):
         gradalign_step(model, opt, x, y, reg)
     cuda = device.type == "cuda"

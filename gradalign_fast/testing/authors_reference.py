@@ -1,75 +1,14 @@
-"""Pure-PyTorch reference of every op and of GradAlign itself.
-
-This module is the tests' oracle (run it in float64) and the fallback when the compiled ops are
-not available. It follows the authors' code (github.com/tml-epfl/understanding-fast-adv-training,
-train.py) as closely as possible; each function says where it departs from it.
-"""
+"""The authors' GradAlign training code, transcribed in plain PyTorch: the tests' oracle for
+the attacks, the training methods and GradAlignLoss (github.com/tml-epfl/understanding-fast-adv-
+training, train.py and utils.py). Each function says where it departs from the authors' code.
+Run it in float64 for comparisons."""
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-# ---------------------------------------------------------------- ops (same contracts as C++)
-def cosine(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample cosine of a, b: [B, ...] -> (cos, norm_a, norm_b), each [B].
-
-    cos is 0 where either norm is 0. Computed in float32 (float64 for float64 inputs).
-    """
-    acc = _acc_dtype(a.dtype)
-    a2 = a.reshape(a.shape[0], -1).to(acc)
-    b2 = b.reshape(b.shape[0], -1).to(acc)
-    # vector_norm's backward is 0 (not NaN) at a zero vector.
-    norm_a = torch.linalg.vector_norm(a2, dim=1)
-    norm_b = torch.linalg.vector_norm(b2, dim=1)
-    valid = (norm_a > 0) & (norm_b > 0)
-    denom = torch.where(valid, norm_a * norm_b, torch.ones_like(norm_a))
-    cos = torch.where(valid, (a2 * b2).sum(1) / denom, torch.zeros_like(norm_a))
-    return cos, norm_a.detach(), norm_b.detach()
-
-
-def cosine_backward(grad_cos, a, b, cos, norm_a, norm_b) -> torch.Tensor:
-    """d(sum grad_cos * cos)/da, shaped like a; 0 for samples with a zero norm."""
-    valid = (norm_a > 0) & (norm_b > 0)
-    one = torch.ones_like(norm_a)
-    inv_ab = torch.where(valid, 1.0 / torch.where(valid, norm_a * norm_b, one), 0 * one)
-    cos_over_aa = torch.where(valid, cos / torch.where(valid, norm_a * norm_a, one), 0 * one)
-    g = torch.where(valid, grad_cos.to(norm_a.dtype), 0 * one)
-    view = (-1,) + (1,) * (a.dim() - 1)
-    math = _acc_dtype(a.dtype)
-    out = g.view(view) * (b.to(math) * inv_ab.view(view) - a.to(math) * cos_over_aa.view(view))
-    return out.to(a.dtype)
-
-
-def attack_step(x, delta, grad, alpha, eps, lo, hi, project) -> torch.Tensor:
-    """One signed-gradient step: delta + alpha*sign(grad), [eps-ball], clipped so x+delta in box."""
-    d = delta + alpha * torch.sign(grad)
-    if project:
-        d = torch.clamp(d, -eps, eps)
-    return torch.clamp(x + d, lo, hi) - x
-
-
-def random_delta(x, radius, lo, hi, clip_to_box, generator=None) -> torch.Tensor:
-    """delta ~ U([-radius, radius]^d) shaped like x; optionally clipped so x+delta is in box."""
-    d = torch.empty_like(x).uniform_(-radius, radius, generator=generator)
-    return torch.clamp(x + d, lo, hi) - x if clip_to_box else d
-
-
-# ---------------------------------------------------------------- attacks
-def relu_affine_backward(grad, x, scale, shift) -> torch.Tensor:
-    """grad where x * scale[c] + shift[c] > 0 (c = dim 1), else 0: the backward of
-    relu(x * scale + shift) with respect to its input. x, grad: [B, C, ...]; scale, shift: [C]."""
-    view = (1, -1) + (1,) * (x.dim() - 2)
-    pre = torch.addcmul(shift.view(view), x, scale.view(view))
-    return torch.where(pre > 0, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+from ..attacks import LossFn
+from ..ops.reference import attack_step, random_delta
 
 
 def input_grad(model, x, y, loss_fn: LossFn = F.cross_entropy, delta=None,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import attacks, ops
+from .. import attacks, ops
 from .evaluation import eval_mode
 
 

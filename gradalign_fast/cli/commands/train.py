@@ -1,11 +1,11 @@
-"""`python -m gradalign_fast train`: one training run (gradalign_fast.trainer.train)."""
+"""`python -m gradalign_fast train`: one training run (gradalign_fast.training.trainer.train)."""
 from __future__ import annotations
 
 import sys
 
-from ..methods import METHODS
-from ..sweep import parse_options
-from ..trainer import USER_ERRORS, TrainConfig, train
+from ...training.methods import METHODS
+from ...training.sweep import parse_options
+from ...training.trainer import USER_ERRORS, TrainConfig, train
 
 EPS_UNITS = ("255", "unit")
 

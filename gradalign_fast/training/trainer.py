@@ -4,7 +4,7 @@ Writes to cfg.out_dir: config.json (the resolved config), metrics.jsonl (CO-moni
 cfg.monitor_every iterations and at every epoch end), checkpoint.pt (each epoch, atomically:
 resumable to bitwise the same weights on CPU), best.pt (the weights of best monitored PGD
 accuracy, for early stopping) and final.json (accuracies of the final model and times).
-Under torchrun it trains with DDP (see gradalign_fast.distributed); rank 0 writes the files.
+Under torchrun it trains with DDP (see gradalign_fast.training.distributed); rank 0 writes the files.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from . import checkpoint, distributed, evaluation, recipe
-from .data import load_dataset, make_loader, spec, take
+from .datasets import load_dataset, make_loader, spec, take
 from .methods import METHODS, make_method, train_step
 from .models import MODELS
 from .monitor import COMonitor, MetricsLog
@@ -42,7 +42,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, ImportError, TrainingDiverged)
 
 @dataclass
 class TrainConfig:
-    """One training run. None fields take the dataset's recipe (gradalign_fast.recipe) value
+    """One training run. None fields take the dataset's recipe (gradalign_fast.training.recipe) value
     at resolve(); eps is in [0, 1] input units (8/255, 0.3, ...)."""
 
     method: str = "gradalign"

@@ -20,11 +20,12 @@ from typing import Callable
 
 import torch
 
-from . import methods, models
+from ..training import methods, models
 
 AUTHORS_FGSM_MINUTES = 9.5  # the authors' FGSM training run on CIFAR-10 (PreActResNet-18)
-BASELINE_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "benchmarks", "baseline_gradalign.py")
+# The repository's benchmarks/ folder (three levels above this file in a source checkout).
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BASELINE_FILE = os.path.join(_REPO, "benchmarks", "baseline_gradalign.py")
 LAM = 0.2  # GradAlign's lambda for eps = 8/255 in the paper (it does not change the cost)
 
 

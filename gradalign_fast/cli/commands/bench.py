@@ -5,7 +5,7 @@ import datetime
 import json
 import os
 
-from ..bench import BASELINE_FILE, QUICK, STEPS
+from ..step_bench import BASELINE_FILE, QUICK, STEPS
 
 RESULTS_DIR = os.path.join(os.path.dirname(BASELINE_FILE), "results")
 AMP = {"none": None, "bf16": "bfloat16", "fp16": "float16"}
@@ -94,13 +94,13 @@ def plot_ratios(rows, path) -> None:
 def run(args) -> int:
     import torch
 
-    from .. import bench
+    from .. import step_bench
 
     opts = _options(args, torch)
-    rows = bench.run_bench(**opts)
-    meta = bench.metadata(opts["device"], opts["amp_dtype"], opts["channels_last"],
+    rows = step_bench.run_bench(**opts)
+    meta = step_bench.metadata(opts["device"], opts["amp_dtype"], opts["channels_last"],
                           opts["threads"])
-    table = bench.format_table(rows, meta)
+    table = step_bench.format_table(rows, meta)
     print(table)
     out = args.out
     if out == "auto":

@@ -14,9 +14,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from .. import has_ops, ops_error
-from ..trainer import USER_ERRORS, TrainConfig, train
-from ..monitor import MetricsLog
+from ... import has_ops, ops_error
+from ...training.monitor import MetricsLog
+from ...training.trainer import USER_ERRORS, TrainConfig, train
 from .train import add_eps_arguments, eps_from_args
 
 # eps = 90/255 (about 0.35): with the MNIST recipe (SGD, cyclic lr, eps ramped over the first
@@ -111,7 +111,7 @@ def run(args) -> int:
                 title=f"MNIST, eps = {eps * 255:g}/255")
     print(f"\nplot: {png}  (PGD accuracy and gradient alignment per epoch)")
     if not args.no_bench:
-        from ..bench import QUICK, format_table, run_bench
+        from ..step_bench import QUICK, format_table, run_bench
         print("\nstep time (bench --quick): median per step and ratio to FGSM, one run",
               flush=True)
         with _quiet_native_stderr():  # the profiler's C++ start/stop lines (peak memory)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..monitor import MetricsLog
+from ...training.monitor import MetricsLog
 
 
 def add_arguments(parser) -> None:

@@ -10,8 +10,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from ..sweep import grid, run_grid, summarize, write_tables, markdown_table
-from ..trainer import USER_ERRORS, TrainConfig
+from ...training.sweep import grid, run_grid, summarize, write_tables, markdown_table
+from ...training.trainer import USER_ERRORS, TrainConfig
 from .train import eps_from_args
 
 # TrainConfig fields settable from the command line, with their types.

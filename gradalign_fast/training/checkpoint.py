@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import spec
+from .datasets import spec
 from .models import build_model
 
 FORMAT = "gradalign_fast.checkpoint/1"

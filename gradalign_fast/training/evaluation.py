@@ -13,8 +13,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from . import attacks
-from .data import first, make_loader
+from .. import attacks
+from .datasets import first, make_loader
 
 DEFAULT_ATTACKS = ("clean", "pgd-50-10")
 _PGD = re.compile(r"^pgd-(\d+)-(\d+)$")

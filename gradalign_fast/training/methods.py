@@ -11,8 +11,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from . import attacks, ops
-from .gradalign import GradAlignLoss
+from .. import attacks, ops
+from ..gradalign import GradAlignLoss
 
 
 class Method:

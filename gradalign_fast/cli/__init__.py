@@ -1,6 +1,6 @@
 """`python -m gradalign_fast COMMAND ...` (also installed as `gradalign-fast`).
 
-Each command is a module of gradalign_fast.commands with `add_arguments(parser)` and
+Each command is a module of gradalign_fast.cli.commands with `add_arguments(parser)` and
 `run(args) -> int`; only the chosen one is imported, so `--help` and small commands start fast.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     if name not in COMMANDS:
         print(f"gradalign_fast: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"gradalign_fast.commands.{name}")
+    module = importlib.import_module(f"gradalign_fast.cli.commands.{name}")
     parser = argparse.ArgumentParser(prog=f"python -m gradalign_fast {name}",
                                      description=COMMANDS[name])
     module.add_arguments(parser)

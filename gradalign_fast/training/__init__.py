@@ -1,0 +1,13 @@
+"""The adversarial-training toolkit around GradAlignLoss: training methods (`methods`), the
+trainer and its recipes, datasets, models, checkpoints, distributed training, evaluation, the
+catastrophic-overfitting monitor and sweeps.
+
+    from gradalign_fast.training import TrainConfig, train, load_checkpoint
+"""
+from .checkpoint import load_checkpoint
+from .methods import METHODS, make_method, train_step
+from .models import build_model
+from .trainer import TrainConfig, train
+
+__all__ = ["METHODS", "TrainConfig", "build_model", "load_checkpoint", "make_method", "train",
+           "train_step"]
