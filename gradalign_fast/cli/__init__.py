@@ -15,6 +15,7 @@ COMMANDS = {
     "eval": "evaluate a checkpoint: clean, PGD-50-10, AutoAttack accuracy",
     "plot": "robust accuracy and gradient alignment per epoch of several runs (PNG)",
     "sweep": "train and evaluate a grid of (method, eps, seed); one results table",
+    "fidelity": "gradient fidelity of approximate regularisers along an exact-GradAlign run",
     "bench": "median step time of each method and GradAlign mode, ratios to FGSM",
     "profile": "time and memory of each phase of one GradAlign step (trace + bar chart)",
 }

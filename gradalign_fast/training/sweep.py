@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .study import COLLAPSED, collapsed
 from .trainer import TrainConfig, train
 
 
@@ -103,15 +104,6 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-COLLAPSED = 0.05  # final robust accuracy under which a run counts as collapsed
-
-
-def _robust_acc(final: dict) -> float:
-    """The strongest attack's accuracy of a final.json (AutoAttack, else PGD, else clean)."""
-    acc = final["accuracy"]
-    return min(v for k, v in acc.items() if k != "clean") if len(acc) > 1 else acc["clean"]
-
-
 def summarize(finals: list[dict]) -> list[dict]:
     """One row per (label, eps): mean and std over seeds of each accuracy and the training
     time, how many seeds overfitted catastrophically and at which epochs."""
@@ -128,7 +120,7 @@ def summarize(finals: list[dict]) -> list[dict]:
         row["co_runs"] = len(co)
         row["co_epochs"] = ",".join(f"{e:.2g}" for e in co)
         # the end state, independent of the monitor's noisy 256-point batch
-        row["collapsed_runs"] = sum(_robust_acc(f) < COLLAPSED for f in fs)
+        row["collapsed_runs"] = sum(collapsed(f) for f in fs)
         rows.append(row)
     return rows
 

@@ -70,6 +70,9 @@ class TrainConfig:
     amp: str | None = None  # None | "bf16" | "fp16"
     out_dir: str = "runs/run"
     monitor_every: int = 200  # iterations; 0: only at epoch ends
+    # iterations between weight snapshots (out_dir/snapshots/it<N>.pt, read by the
+    # `fidelity` command); 0: none
+    snapshot_every: int = 0
     stop_on_co: bool = False
     resume: bool = False
     sync_bn: bool = False
@@ -267,6 +270,14 @@ class _Run:
             "monitor": self.monitor.state_dict(), "train_time_s": self.train_time,
             "method": self.method.state_dict() if self.method is not None else {}})
 
+    def _snapshot(self, epoch: float, eps: float) -> None:
+        """The weights at this iteration, for gradient-fidelity measurements along the run."""
+        if self.info.is_main:
+            (self.out / "snapshots").mkdir(exist_ok=True)
+            checkpoint.save(self.out / "snapshots" / f"it{self.it:06d}.pt", {
+                "config": asdict(self.cfg), "model": self.net.state_dict(),
+                "iteration": self.it, "epoch": epoch, "eps": eps})
+
     def _diverged(self, value: float, epoch: int) -> TrainingDiverged:
         kept = (f"the last good checkpoint (epoch {epoch}) is kept at {self.ckpt_path}"
                 if epoch > 0 else "no checkpoint had been written yet")
@@ -304,6 +315,8 @@ class _Run:
                                  out["correct"].double()])
             n += len(y)
             self.it += 1
+            if cfg.snapshot_every and self.it % cfg.snapshot_every == 0:
+                self._snapshot(epoch + (i + 1) / steps, eps_now)
             if self.it % CHECK_EVERY == 0 or i == steps - 1:
                 loss, reg, acc = (sums / n).tolist()
                 if not math.isfinite(loss + reg):

@@ -21,6 +21,18 @@ _PASSTHROUGH = {"dataset": str, "data_dir": str, "model": str, "epochs": int,
                 "monitor_every": int, "lam": float}
 
 
+def add_passthrough(parser) -> None:
+    """The TrainConfig options of _PASSTHROUGH, with TrainConfig's defaults."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    for name, typ in _PASSTHROUGH.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=typ, default=defaults[name])
+
+
+def passthrough_config(args) -> TrainConfig:
+    """A TrainConfig from the _PASSTHROUGH options of parsed `args`."""
+    return TrainConfig(**{k: getattr(args, k) for k in _PASSTHROUGH})
+
+
 def add_arguments(parser) -> None:
     a = parser.add_argument
     a("--method", action="append", required=True,
@@ -29,12 +41,14 @@ def add_arguments(parser) -> None:
     a("--eps-units", choices=("255", "unit"), default="255")
     a("--seeds", default="0,1,2", help="comma-separated seeds")
     a("--out", default="runs/sweep")
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
-    for name, typ in _PASSTHROUGH.items():
-        a("--" + name.replace("_", "-"), type=typ, default=defaults[name])
+    add_passthrough(parser)
     a("--no-plots", action="store_true")
     a("--report-only", action="store_true",
       help="train nothing: the table and plots of the runs of the grid that have finished")
+    a("--reference", default=None, metavar="METHOD",
+      help="also compare every method with this one (a --method label, e.g. gradalign:lam=1) "
+           "on paired seeds: differences with bootstrap intervals, CO rates with Wilson "
+           "intervals, verdicts (OUT/comparison.md)")
 
 
 def run(args) -> int:
@@ -42,7 +56,7 @@ def run(args) -> int:
         eps = [eps_from_args(e, args.eps_units) for e in args.eps]
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         runs = grid(args.method, eps, seeds)
-        base = TrainConfig(**{k: getattr(args, k) for k in _PASSTHROUGH})
+        base = passthrough_config(args)
         finals = run_grid(runs, base, args.out, train_missing=not args.report_only)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
@@ -54,6 +68,16 @@ def run(args) -> int:
     csv_path, md_path = write_tables(rows, args.out)
     print(markdown_table(rows))
     print(f"\nwrote {csv_path} and {md_path}")
+    if args.reference is not None:
+        from ...training.study import compare, markdown
+
+        try:
+            table = markdown(compare(finals, args.reference), args.reference)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        (Path(args.out) / "comparison.md").write_text(table + "\n")
+        print(f"\n{table}\nwrote {Path(args.out) / 'comparison.md'}")
     if not args.no_plots:
         from .plot import load_curves, plot_curves
 

@@ -1,0 +1,99 @@
+"""The study protocol: intervals, the verdict rules, and the gradient-fidelity instrument."""
+import json
+
+import pytest
+import torch
+from scipy import stats as scipy_stats
+
+from gradalign_fast.cli import main
+from gradalign_fast.training import fidelity, study
+from gradalign_fast.training.stats import bootstrap_mean_ci, fisher_greater, wilson
+
+
+def test_wilson_matches_the_closed_form_and_edges():
+    lo, hi = wilson(4, 5)
+    assert (round(lo, 4), round(hi, 4)) == (0.3755, 0.9638)
+    assert wilson(0, 5)[0] == 0.0 and wilson(5, 5)[1] == 1.0
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        wilson(6, 5)
+
+
+@pytest.mark.parametrize("table", [(4, 5, 0, 5), (5, 5, 1, 5), (1, 5, 0, 5), (3, 10, 2, 7)])
+def test_fisher_greater_matches_scipy(table):
+    k1, n1, k2, n2 = table
+    want = scipy_stats.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative="greater")
+    assert fisher_greater(*table) == pytest.approx(want.pvalue)
+
+
+def test_bootstrap_interval_holds_the_mean_and_shrinks_to_a_point():
+    m, lo, hi = bootstrap_mean_ci([0.01, 0.03, -0.02, 0.05, 0.0])
+    assert lo < m < hi
+    assert bootstrap_mean_ci([0.02] * 5)[1:] == pytest.approx((0.02, 0.02))
+
+
+def _final(label, seed, aa, pgd=None):
+    return {"label": label, "eps_255": 76.5, "seed": seed, "train_time_s": 10.0,
+            "accuracy": {"clean": 0.95, "pgd-50-10": pgd if pgd is not None else aa + 0.05,
+                         "autoattack": aa}}
+
+
+def _verdict(ref_aa, mode_aa):
+    finals = ([_final("exact", s, a) for s, a in enumerate(ref_aa)]
+              + [_final("mode", s, a) for s, a in enumerate(mode_aa)])
+    rows = {r["method"]: r for r in study.compare(finals, "exact")}
+    return rows["mode"]["verdict"], rows
+
+
+def test_verdict_rules_are_applied_in_order():
+    ref = [0.40, 0.42, 0.38, 0.41, 0.39]
+    assert _verdict(ref, [a + 0.01 for a in ref])[0] == "equivalent"
+    assert _verdict(ref, [a - 0.10 for a in ref])[0] == "worse"
+    assert _verdict(ref, [a + 0.10 for a in ref])[0] == "better"
+    assert _verdict(ref, [0.01, 0.02, 0.0, 0.03, 0.45])[0] == "collapses more"
+    assert _verdict(ref, [0.30, 0.52, 0.28, 0.51, 0.40])[0] == "inconclusive"
+    verdict, rows = _verdict(ref, ref)
+    assert rows["exact"]["verdict"] == "reference"
+    assert rows["mode"]["primary"] == "autoattack"
+    assert "| `mode` |" in study.markdown(list(rows.values()), "exact")
+
+
+def test_compare_needs_the_reference_at_each_eps():
+    with pytest.raises(ValueError, match="no 'exact' runs"):
+        study.compare([_final("mode", 0, 0.3)], "exact")
+
+
+def test_fidelity_compare_removes_monte_carlo_noise():
+    gen = torch.Generator().manual_seed(0)
+    truth = torch.randn(500, generator=gen, dtype=torch.float64)
+    ref = truth + 0.5 * torch.randn(64, 500, generator=gen, dtype=torch.float64)
+    noisy = truth + 3.0 * torch.randn(64, 500, generator=gen, dtype=torch.float64)
+    biased = 0.5 * truth + 0.5 * torch.randn(64, 500, generator=gen, dtype=torch.float64)
+    unbiased = fidelity.compare(noisy, ref)
+    assert unbiased["rel_bias"] < 0.1 and unbiased["cos"] < 0.95  # noisy, not biased
+    assert fidelity.compare(biased, ref)["rel_bias"] == pytest.approx(0.5, abs=0.05)
+    assert fidelity.compare(biased, ref)["norm_ratio"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_fidelity_command_trains_a_trajectory_and_writes_its_tables(tmp_path, capsys):
+    run = tmp_path / "traj"
+    assert main(["fidelity", "--run", str(run), "--n-train", "256", "--epochs", "1",
+                 "--batch-size", "64", "--eps", "76.5", "--lam", "1", "--snapshot-every", "2",
+                 "--eval-attacks", "clean", "--n-eval", "64", "--draws", "2",
+                 "--ref-draws", "2", "--batch", "16", "--mode", "gradalign:fraction=0.5",
+                 "--mode", "gradalign:every=2"]) == 0
+    result = json.loads((run / "fidelity" / "fidelity.json").read_text())
+    assert {r["iteration"] for r in result["rows"]} == {2, 4}
+    assert {r["mode"] for r in result["rows"]} == {"gradalign", "gradalign:fraction=0.5",
+                                                   "gradalign:every=2"}
+    assert (run / "fidelity" / "fidelity.png").stat().st_size > 0
+    assert "| `gradalign:every=2` | 2 |" in capsys.readouterr().out
+
+
+def test_fidelity_refuses_modes_without_a_regulariser(tmp_path, capsys):
+    run = tmp_path / "traj"
+    args = ["fidelity", "--run", str(run), "--n-train", "128", "--epochs", "1",
+            "--batch-size", "64", "--eps", "76.5", "--lam", "1", "--snapshot-every", "2",
+            "--eval-attacks", "clean", "--n-eval", "32", "--draws", "2", "--ref-draws", "2",
+            "--batch", "8", "--mode", "fgsm_rs"]
+    assert main(args) == 2
+    assert "has no regulariser" in capsys.readouterr().err
