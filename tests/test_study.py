@@ -97,3 +97,20 @@ def test_fidelity_refuses_modes_without_a_regulariser(tmp_path, capsys):
             "--batch", "8", "--mode", "fgsm_rs"]
     assert main(args) == 2
     assert "has no regulariser" in capsys.readouterr().err
+
+
+def test_seeds_are_paired_across_methods(tmp_path):
+    """The same seed gives every method the same initial weights and data order."""
+    from gradalign_fast.training import distributed, trainer
+
+    def setup(method):
+        cfg = trainer.resolve(trainer.TrainConfig(method=method, n_train=256, epochs=1,
+                                                  batch_size=64, out_dir=str(tmp_path / method),
+                                                  seed=3, progress=False))
+        run = trainer._Run(cfg, distributed.setup("cpu"))
+        run._setup()
+        return run.net.state_dict(), [y for _, y in run.loader]
+
+    (w1, order1), (w2, order2) = setup("fgsm_rs"), setup("gradalign")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert all(torch.equal(a, b) for a, b in zip(order1, order2))
