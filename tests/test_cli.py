@@ -71,4 +71,17 @@ def test_plot_marks_the_first_co_row(tmp_path):
         log.append({"kind": kind, "epoch": epoch, "pgd_acc": pgd, "grad_align": 0.5, "co": co})
     curves = load_curves(tmp_path)
     assert curves["epoch"] == [1, 2] and curves["co"]["epoch"] == 1.5
+    assert curves["reg_share"] == []
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "a.png")]) == 0
+
+
+def test_plot_shows_the_share_of_regularised_steps(tmp_path):
+    from gradalign_fast.cli.commands.plot import load_curves
+    from gradalign_fast.training.monitor import MetricsLog
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for kind, epoch, share in [("iter", 0.5, 0.25), ("epoch", 1, 0.5), ("epoch", 2, 0.0)]:
+        log.append({"kind": kind, "epoch": epoch, "pgd_acc": 0.3, "grad_align": 0.5,
+                    "co": False, "reg_share": share, "lam": 1.0})
+    assert load_curves(tmp_path)["reg_share"] == [(0.5, 0.25), (1, 0.5), (2, 0.0)]
     assert main(["plot", str(tmp_path), "--out", str(tmp_path / "a.png")]) == 0

@@ -11,7 +11,7 @@ from gradalign_fast.training.methods import METHODS, make_method, train_step
 from test_trainer import one_thread  # noqa: F401 (autouse: one CPU thread per test)
 
 EPS = 0.1
-KW = {"gradalign": {"lam": 0.5}, "cure": {"lam": 0.5}}
+KW = {"gradalign": {"lam": 0.5}, "gradalign_adaptive": {"lam": 0.5}, "cure": {"lam": 0.5}}
 
 
 def _model():

@@ -48,6 +48,8 @@ def test_train_writes_every_file(tmp_path):
 @pytest.mark.parametrize("method, options", [
     ("fgsm_rs", {}),
     ("gradalign", {"every": 3}),  # 4 steps an epoch: the resumed run must continue the count
+    ("elle_a", {"lam": 50.0, "k": 0.0}),  # lambda and the error history must carry over
+    ("gradalign_adaptive", {"k": 0.0, "decay": 0.5, "period": 3}),  # and the probe's
 ])
 def test_resume_is_bitwise(tmp_path, monkeypatch, method, options):
     cfg = dict(method=method, method_options=options, epochs=2, **TINY)

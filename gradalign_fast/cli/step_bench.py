@@ -1,4 +1,5 @@
-"""Step time and peak memory of FGSM, FGSM-RS and FGSM+GradAlign (plain, exact, approximate).
+"""Step time and peak memory of every training method: FGSM, FGSM-RS, N-FGSM, PGD-10,
+FGSM+GradAlign (plain, exact, approximate, adaptive), ELLE, ELLE-A, CURE and LLR.
 
 `run_bench(...) -> list[dict]` measures every step variant of STEPS on one model and batch
 size in ONE interleaved run (round-robin over the variants, so that a noisy machine slows
@@ -41,7 +42,7 @@ class Variant:
 
 def _method(cls, **kw):
     def build(eps, lam):
-        method = cls(eps, lam, **kw) if cls is methods.GradAlign else cls(eps, **kw)
+        method = cls(eps, lam, **kw) if issubclass(cls, methods.GradAlign) else cls(eps, **kw)
         return lambda model, opt, x, y: methods.train_step(method, model, opt, x, y)
     return build
 
@@ -56,6 +57,8 @@ def _plain(eps, lam):
 STEPS = [
     Variant("fgsm", "FGSM", _method(methods.FGSM)),
     Variant("fgsm_rs", "FGSM-RS", _method(methods.FGSMRS)),
+    Variant("nfgsm", "N-FGSM", _method(methods.NFGSM)),
+    Variant("pgd10", "PGD-10", _method(methods.PGD, steps=10)),
     Variant("gradalign_plain", "FGSM+GradAlign, plain PyTorch (authors')", _plain),
     Variant("gradalign", "FGSM+GradAlign exact (gradalign_fast)", _method(methods.GradAlign)),
     Variant("gradalign_keep", "  exact, low_memory=False",
@@ -69,6 +72,19 @@ STEPS = [
     Variant("ga_every4", "  approx: every=4", _method(methods.GradAlign, every=4), block=4),
     Variant("ga_linearity", "  approx: mode='linearity', fraction=0.25",
             _method(methods.GradAlign, mode="linearity", fraction=0.25)),
+    # gradalign_adaptive's two costs (a run pays the second on its reg_share of the steps):
+    # threshold -1 never fires (cos < -1), threshold 1 always does (cos < 1).
+    Variant("ga_adaptive_off", "  adaptive: probe only (16 samples)",
+            _method(methods.GradAlignAdaptive, rule="threshold", threshold=-1.0)),
+    Variant("ga_adaptive_on", "  adaptive: probe + exact regulariser",
+            _method(methods.GradAlignAdaptive, rule="threshold", threshold=1.0)),
+    Variant("elle", "FGSM+ELLE", _method(methods.ELLE)),
+    # ELLE-A while lambda = 0 (before its first trigger; after it, lambda > 0 and a step
+    # costs an ELLE step): lambda_max 0 keeps it there
+    Variant("elle_a_off", "FGSM+ELLE-A while lambda = 0 (error only)",
+            _method(methods.ELLEA, lam=0.0)),
+    Variant("cure", "FGSM+CURE", _method(methods.CURE, lam=LAM)),
+    Variant("llr", "LLR (2 inner steps)", _method(methods.LLR)),
 ]
 QUICK = dict(model_names=("mnist_cnn", "preact_resnet18_narrow"), batch_sizes=(32,), reps=5,
              warmup=1)

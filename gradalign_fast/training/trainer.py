@@ -27,7 +27,7 @@ from .models import MODELS
 from .monitor import COMonitor, MetricsLog
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-LAM_METHODS = ("gradalign", "cure", "llr")
+LAM_METHODS = ("gradalign", "gradalign_adaptive", "cure", "llr", "elle", "elle_a")
 CHECK_EVERY = 20  # iterations between loss checks / progress-bar updates (one device sync)
 
 
@@ -50,7 +50,7 @@ class TrainConfig:
     data_dir: str | None = None
     model: str | None = None
     eps: float | None = None
-    lam: float | None = None  # GradAlign: None -> recipe.lambda_for_eps; LLR: its default 4
+    lam: float | None = None  # GradAlign(_adaptive): None -> lambda_for_eps; else class default
     # extra keyword options of the method, e.g. GradAlign's approximate modes
     # {"fraction": 0.25}, {"every": 2}, {"mode": "linearity"} (see GradAlignLoss)
     method_options: dict = field(default_factory=dict)
@@ -96,7 +96,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"eps must be in [0, 1] (input units, e.g. 8/255), got {cfg.eps!r}")
     if cfg.lam is not None and cfg.method not in LAM_METHODS:
         raise ValueError(f"lam applies only to {LAM_METHODS}, not to {cfg.method!r}")
-    if cfg.method == "gradalign" and cfg.lam is None:
+    if cfg.method in ("gradalign", "gradalign_adaptive") and cfg.lam is None:
         cfg = replace(cfg, lam=recipe.lambda_for_eps(cfg.eps * 255))
     if cfg.method == "cure" and cfg.lam is None:
         raise ValueError("method 'cure' needs lam (no default: its scale depends on the data)")
@@ -249,6 +249,8 @@ class _Run:
         """Monitor row (rank 0): measured, logged, best.pt kept; returns 'stop on CO'."""
         stop = False
         if self.info.is_main:
+            if self.method is not None:  # its fields about the steps since the last row
+                row.update(self.method.pop_log())
             row.update(self.monitor.measure(self.net))
             self.monitor.update(row)
             self.log.append(row)
