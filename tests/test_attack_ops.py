@@ -56,11 +56,15 @@ def test_attack_step_keeps_channels_last():
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_attack_step_nan_gradient_propagates_like_torch():
-    x, delta, grad = _inputs((2, 5))
+def test_attack_step_nan_gradient_takes_no_step_like_torch_sign(device):
+    """sign(NaN) = 0 (torch.sign): a NaN gradient element leaves delta (then the box) as is."""
+    x, delta, grad = _inputs((2, 5), device=device)
     grad[0, 0] = float("nan")
     got = ops.attack_step(x, delta, grad, 0.1, 0.1, 0.0, 1.0, True)
-    assert torch.isnan(got[0, 0]) and torch.isfinite(got.view(-1)[1:]).all()
+    want = reference.attack_step(x, delta, grad, 0.1, 0.1, 0.0, 1.0, True)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert torch.isfinite(got).all()
+    assert got[0, 0] == torch.clamp(x[0, 0] + delta[0, 0].clamp(-0.1, 0.1), 0, 1) - x[0, 0]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -298,8 +298,7 @@ def test_attack_step_mixed_layouts_nan_and_empty(gpu):
     gg = torch.stack([grad, grad], 1).flatten(0, 1).to(gpu)[::2]
     got = ops.attack_step(gx, gd, gg, 0.1, 0.1, 0.0, 1.0, True)
     assert got.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(got.cpu(), want, rtol=0, atol=0, equal_nan=True)
-    assert torch.isnan(got[0, 0, 0, 0])
+    torch.testing.assert_close(got.cpu(), want, rtol=0, atol=0)
     for shape in [(0, 3), (2, 0, 4)]:
         e = torch.empty(shape, device=gpu)
         assert ops.attack_step(e, e, e, 0.1, 0.1).shape == shape
