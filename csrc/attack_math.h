@@ -1,14 +1,16 @@
-// Element formulas shared by the CPU and CUDA kernels, so both compute bit-for-bit the same
-// arithmetic as the reference (gradalign_fast/ops/reference.py) in the op's math type.
+// Element formulas of the attack steps shared by the CPU and CUDA kernels, so both compute
+// bit-for-bit the same arithmetic as the reference (gradalign_fast/ops/reference.py) in the
+// op's math type.
 #pragma once
 #include <c10/macros/Macros.h>
 
 namespace gradalign_fast {
 
-// torch.sign, keeping signed zero and NaN as they are.
+// torch.sign: 1, -1, or +0 for +-0 and NaN (a NaN gradient element gives no step, as in
+// the reference; both comparisons are false for NaN).
 template <typename T>
 C10_HOST_DEVICE inline T sign_of(T g) {
-  return g > T(0) ? T(1) : (g < T(0) ? T(-1) : g);
+  return g > T(0) ? T(1) : (g < T(0) ? T(-1) : T(0));
 }
 
 // torch.clamp: a NaN input stays NaN (both comparisons are false).
@@ -30,13 +32,6 @@ C10_HOST_DEVICE inline T attack_step_value(T x, T delta, T grad, T alpha, T eps,
   T d = delta + alpha * sign_of(grad);
   if (project) d = clamp_nan(d, -eps, eps);
   return clip_delta_to_box(x, d, lo, hi);
-}
-
-// d cos / d a for one element, given the per-sample scalars
-//   inv_ab = 1 / (|a| |b|), cos_over_aa = cos / |a|^2   (both 0 for a zero-norm sample).
-template <typename T>
-C10_HOST_DEVICE inline T cosine_grad_value(T a, T b, T grad_cos, T inv_ab, T cos_over_aa) {
-  return grad_cos * (b * inv_ab - a * cos_over_aa);
 }
 
 }  // namespace gradalign_fast

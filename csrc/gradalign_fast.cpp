@@ -39,6 +39,7 @@ TORCH_LIBRARY(gradalign_fast, m) {
   // One signed-gradient attack step on a perturbation delta of the input x:
   //   d = delta + alpha * sign(grad); if project: d = clamp(d, -eps, eps);
   //   d = clamp(x + d, lo, hi) - x
+  // sign is torch.sign: sign(0) = sign(NaN) = 0, so a NaN gradient element takes no step.
   // FGSM: delta = 0, alpha = eps. PGD: project = true. N-FGSM: project = false.
   m.def("attack_step(Tensor x, Tensor delta, Tensor grad, float alpha, float eps, float lo, "
         "float hi, bool project) -> Tensor");

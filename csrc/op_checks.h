@@ -5,9 +5,16 @@
 
 namespace gradalign_fast {
 
+// The dtypes the kernels are compiled for (AT_DISPATCH_FLOATING_TYPES_AND2(Half, BFloat16)).
+// Not at::isFloatingType, which also admits the float8/float4 dtypes: no kernel handles them,
+// and the empty-input early returns would otherwise accept them silently.
+inline bool is_kernel_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
 inline void check_float_tensor(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.defined(), op, ": `", name, "` is undefined");
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": `", name,
+  TORCH_CHECK(is_kernel_dtype(t.scalar_type()), op, ": `", name,
               "` must be a floating-point tensor (float, double, half or bfloat16), got ",
               t.scalar_type());
 }

@@ -1,23 +1,16 @@
-"""Fused attack steps and random starts against the reference."""
+"""Fused attack steps and random starts: the NaN contract and the random draws (statistics,
+seeding, CUDA graphs), which the sample-driven tests of test_op_contracts.py do not cover."""
 import math
 
 import pytest
 import torch
 
-import gradalign_fast as gf
 from gradalign_fast import ops
 from gradalign_fast.ops import reference
 
-from conftest import layouts
+from op_samples import LOW, layouts
 
-INF = math.inf
-CASES = [  # alpha, eps, lo, hi, project
-    (0.3, 0.3, 0.0, 1.0, True),     # FGSM from zero
-    (0.125, 0.1, 0.0, 1.0, True),   # FGSM-RS / PGD
-    (0.1, 0.1, 0.0, 1.0, False),    # N-FGSM: no eps-ball
-    (0.05, 0.1, -INF, INF, True),   # no input box
-    (0.0, 0.0, 0.0, 1.0, True),     # eps = 0
-]
+cuda = pytest.mark.cuda
 
 
 def _inputs(shape, dtype=torch.float64, device="cpu"):
@@ -30,50 +23,15 @@ def _inputs(shape, dtype=torch.float64, device="cpu"):
     return x, delta, grad
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 28, 28), (7, 3, 5, 5), (5, 17), (2, 3, 32, 32)])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("case", CASES)
-def test_attack_step_bitwise_equal_to_reference(shape, dtype, case, device):
-    x, delta, grad = _inputs(shape, dtype, device)
-    want = reference.attack_step(x, delta, grad, *case)
-    for name in layouts(x):
-        lx, ld, lg = layouts(x)[name], layouts(delta)[name], layouts(grad)[name]
-        got = ops.attack_step(lx, ld, lg, *case)
-        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
-        inplace = ld.clone()
-        assert ops.attack_step_(lx, inplace, lg, *case) is inplace
-        torch.testing.assert_close(inplace, want, rtol=0, atol=0, msg=name)
-    if case[4]:
-        assert (want.abs() <= case[1] + 2 * torch.finfo(dtype).eps).all()  # x+d-x rounds
-    if math.isfinite(case[2]):
-        assert ((x + want) >= case[2]).all() and ((x + want) <= case[3]).all()
-
-
-def test_attack_step_keeps_channels_last():
-    x, delta, grad = (t.contiguous(memory_format=torch.channels_last)
-                      for t in _inputs((2, 3, 4, 4)))
-    out = ops.attack_step(x, delta, grad, 0.1, 0.1)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-
-
-def test_attack_step_nan_gradient_propagates_like_torch():
-    x, delta, grad = _inputs((2, 5))
+def test_attack_step_nan_gradient_takes_no_step_like_torch_sign(device):
+    """sign(NaN) = 0 (torch.sign): a NaN gradient element leaves delta (then the box) as is."""
+    x, delta, grad = _inputs((2, 5), device=device)
     grad[0, 0] = float("nan")
     got = ops.attack_step(x, delta, grad, 0.1, 0.1, 0.0, 1.0, True)
-    assert torch.isnan(got[0, 0]) and torch.isfinite(got.view(-1)[1:]).all()
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_attack_step_low_precision(dtype, device):
-    """Within PyTorch's own error: the same formula in eager `dtype` vs its float64 value."""
-    x, delta, grad = (t.to(dtype) for t in _inputs((4, 3, 8, 8), torch.float32, device))
-    truth = reference.attack_step(x.double(), delta.double(), grad.double(), 8 / 255, 8 / 255,
-                                  0.0, 1.0, True)
-    torch_err = (reference.attack_step(x, delta, grad, 8 / 255, 8 / 255, 0.0, 1.0, True).double()
-                 - truth).abs().max()
-    got = ops.attack_step(x, delta, grad, 8 / 255, 8 / 255, 0.0, 1.0, True)
-    assert got.dtype == dtype
-    assert (got.double() - truth).abs().max() <= torch_err + torch.finfo(dtype).eps
+    want = reference.attack_step(x, delta, grad, 0.1, 0.1, 0.0, 1.0, True)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert torch.isfinite(got).all()
+    assert got[0, 0] == torch.clamp(x[0, 0] + delta[0, 0].clamp(-0.1, 0.1), 0, 1) - x[0, 0]
 
 
 def test_random_delta_range_box_and_distribution(device):
@@ -91,16 +49,22 @@ def test_random_delta_range_box_and_distribution(device):
 
 
 def test_random_delta_reproducible_with_manual_seed_and_generator(device):
-    x = torch.rand(8, 3, 5, 5, device=device)
+    x = torch.rand(8, 3, 33, 17, device=device)
     torch.manual_seed(123)
-    a = ops.random_delta(x, 0.1)
+    a, a2 = ops.random_delta(x, 0.1), ops.random_delta(x, 0.1)
     torch.manual_seed(123)
-    b = ops.random_delta(x, 0.1)
-    assert torch.equal(a, b)
+    b, b2 = ops.random_delta(x, 0.1), ops.random_delta(x, 0.1)
+    assert torch.equal(a, b) and torch.equal(a2, b2) and not torch.equal(a, a2)
     g1 = torch.Generator(device=device).manual_seed(7)
     g2 = torch.Generator(device=device).manual_seed(7)
-    assert torch.equal(ops.random_delta(x, 0.1, generator=g1), ops.random_delta(x, 0.1, generator=g2))
-    assert not torch.equal(ops.random_delta(x, 0.1), ops.random_delta(x, 0.1))
+    assert torch.equal(ops.random_delta(x, 0.1, generator=g1),
+                       ops.random_delta(x, 0.1, generator=g2))
+    # a generator does not touch the default one
+    torch.manual_seed(5)
+    ops.random_delta(x, 0.1, generator=g1)
+    e = ops.random_delta(x, 0.1)
+    torch.manual_seed(5)
+    assert torch.equal(e, ops.random_delta(x, 0.1))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
@@ -109,36 +73,109 @@ def test_random_delta_dtypes_and_layouts(dtype):
     d = ops.random_delta(x, 0.5, 0.0, 1.0, True)
     assert d.dtype == dtype and d.is_contiguous(memory_format=torch.channels_last)
     assert ((x + d).double() >= -torch.finfo(dtype).eps).all()
-    assert ops.random_delta(torch.empty(0, 3), 0.1).shape == (0, 3)
 
 
-def test_opcheck_attack_ops():
-    if not gf.has_ops():
-        pytest.skip("compiled ops not loaded")
-    x, delta, grad = _inputs((3, 2, 4, 4))
-    cl = tuple(t.contiguous(memory_format=torch.channels_last) for t in (x, delta, grad))
-    for args in [(x, delta, grad), cl]:
-        torch.library.opcheck(torch.ops.gradalign_fast.attack_step,
-                              args + (0.1, 0.2, 0.0, 1.0, True))
-        torch.library.opcheck(torch.ops.gradalign_fast.attack_step_,
-                              (args[0], args[1].clone(), args[2], 0.1, 0.2, 0.0, 1.0, False))
-    # random: outputs differ between runs, so the checks that compare two runs are left out
-    torch.library.opcheck(torch.ops.gradalign_fast.random_delta, (x, 0.1, 0.0, 1.0, True),
-                          test_utils=("test_schema", "test_faketensor",
-                                      "test_autograd_registration"))
+# ------------------------------------------------------------------------- random_delta, CUDA
+def _poison_allocator(numel, dtype, device):
+    """Leaves NaN in the caching allocator's next block, so unwritten outputs show up."""
+    torch.full((numel + 1024,), float("nan"), dtype=dtype, device=device)
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda x: ops.attack_step(x, x, x[:, :2], 0.1, 0.1), "shape"),
-    (lambda x: ops.attack_step(x, x.double(), x, 0.1, 0.1), "dtype"),
-    (lambda x: ops.attack_step(x, x, x, -0.1, 0.1), "alpha"),
-    (lambda x: ops.attack_step(x, x, x, 0.1, -0.1), "eps"),
-    (lambda x: ops.attack_step(x, x, x, 0.1, 0.1, 1.0, 0.0), "lo <= hi"),
-    (lambda x: ops.random_delta(x, -1.0), "radius"),
-    (lambda x: ops.random_delta(x.long(), 1.0), "floating"),
-])
-def test_attack_bad_input(call, match):
-    if not gf.has_ops():
-        pytest.skip("messages checked on the compiled ops")
-    with pytest.raises(RuntimeError, match=match):
-        call(torch.rand(2, 3, 4))
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, *LOW])
+@pytest.mark.parametrize("numel", [1, 3, 4, 5, 1023, 1024, 4095, 4096, 4097, 12_289, 1_000_003])
+def test_random_delta_writes_every_element_in_range(numel, dtype):
+    x = torch.rand(numel, dtype=dtype, device="cuda")
+    for clip in (False, True):
+        _poison_allocator(numel, dtype, "cuda")
+        d = ops.random_delta(x, 0.25, 0.0, 1.0, clip)
+        assert d.shape == x.shape and d.dtype == dtype and torch.isfinite(d).all()
+        eps = torch.finfo(dtype).eps
+        if clip:  # clamp(x + d) - x and x + d round again
+            assert d.abs().max() <= 0.25 * (1 + 2 * eps)
+            s = (x + d).double()
+            assert (s >= -eps).all() and (s <= 1 + eps).all()
+        else:
+            assert d.min() >= -0.25 and d.max() <= 0.25
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_random_delta_uniform_statistics(dtype):
+    torch.manual_seed(0)
+    n, r = 1 << 22, 0.25
+    d = ops.random_delta(torch.zeros(n, dtype=dtype, device="cuda"), r, -1.0, 1.0, False)
+    d = d.double().cpu()
+    sd_mean = r / math.sqrt(3 * n)
+    assert abs(d.mean().item()) < 6 * sd_mean
+    assert abs(d.var().item() - r * r / 3) < 0.01 * r * r / 3
+    bins = 64
+    hist = torch.histc(d, bins=bins, min=-r, max=r)
+    expect = n / bins
+    chi2 = ((hist - expect) ** 2 / expect).sum().item()
+    assert chi2 < bins + 8 * math.sqrt(2 * bins), chi2  # ~p < 1e-6 for chi2(63)
+    # every lane of a 4-wide draw and every draw of a tile is uniform too
+    for k in (4, 1024, 4096):
+        cols = d.view(-1, k)
+        assert (cols.mean(0).abs() < 6 * r / math.sqrt(3 * n / k)).all()
+    # no repeated Philox subsequences: neighbouring packs, draws and tiles differ
+    for k in (4, 1024, 4096):
+        same = (d[k:] == d[:-k]).double().mean().item()
+        assert same < 1e-3, (k, same)
+    lag1 = torch.corrcoef(torch.stack([d[1:], d[:-1]]))[0, 1].item()
+    assert abs(lag1) < 6 / math.sqrt(n)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", LOW)
+def test_random_delta_low_precision_statistics(dtype):
+    torch.manual_seed(0)
+    n, r = 1 << 20, 0.5
+    d = ops.random_delta(torch.zeros(n, dtype=dtype, device="cuda"), r, -1.0, 1.0, False)
+    d = d.double().cpu()
+    assert d.min() >= -r and d.max() <= r
+    # torch.uniform_'s bound reversal moves the values that round to +r to -r (bfloat16: 1e-3
+    # of them), which shifts the mean by about -1e-3
+    assert abs(d.mean().item()) < 4e-3
+    assert abs(d.var().item() - r * r / 3) < 0.02 * r * r / 3
+
+
+@cuda
+def test_random_delta_clip_and_layouts():
+    """The clip is the reference's formula on the unclipped draw; the draw for element e of the
+    output's memory does not depend on x's layout."""
+    x = torch.rand(5, 3, 9, 11, device="cuda") * 1.2 - 0.1
+    torch.manual_seed(3)
+    raw = ops.random_delta(x, 0.2, 0.0, 1.0, False)
+    for name, lx in layouts(x).items():
+        torch.manual_seed(3)
+        d = ops.random_delta(lx, 0.2, 0.0, 1.0, True)
+        assert d.stride() == torch.empty_like(lx).stride(), name
+        torch.manual_seed(3)
+        raw_l = ops.random_delta(lx, 0.2, 0.0, 1.0, False)
+        torch.testing.assert_close(d, torch.clamp(lx + raw_l, 0.0, 1.0) - lx, rtol=0, atol=0,
+                                   msg=name)
+        if d.is_contiguous():  # same memory order as the contiguous x: same draws
+            torch.testing.assert_close(raw_l, raw, rtol=0, atol=0, msg=name)
+    with pytest.raises(RuntimeError, match="generator"):
+        ops.random_delta(x, 0.1, generator=torch.Generator())
+
+
+@cuda
+def test_random_delta_in_cuda_graph():
+    """philox_cuda_state under capture: each replay draws new values."""
+    x = torch.rand(4, 3, 16, 16, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        ops.random_delta(x, 0.1)  # warm-up
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ops.random_delta(x, 0.1)
+    graph.replay()
+    first = out.clone()
+    graph.replay()
+    assert not torch.equal(first, out)
+    assert out.abs().max() <= 0.1 * (1 + 1e-6) and ((x + out) >= 0).all() and (
+        (x + out) <= 1).all()

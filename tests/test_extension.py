@@ -3,11 +3,15 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 
 import gradalign_fast as gf
+from gradalign_fast.ops import _loading, reference
+
+from op_samples import OPS
 
 
 def test_has_ops_after_setup():
@@ -27,6 +31,67 @@ def test_cuda_kernels_compiled_when_toolkit_present():
     forced = os.environ.get("GRADALIGN_FAST_FORCE_CUDA")
     expect = (toolkit and torch.version.cuda is not None) if forced is None else forced == "1"
     assert gf.has_cuda_ops() == bool(expect)
+    if expect:  # every op with tensors has its CUDA kernel
+        missing = [op for op in OPS if not gf.ops.has_kernel(op, "cuda")]
+        assert not missing, f"no CUDA kernel registered for {missing}"
+
+
+@pytest.fixture
+def no_compiled_kernels(monkeypatch):
+    """The lookup reports no compiled kernel for any op and device (as a CPU-only build does
+    for CUDA tensors), with fresh once-per-device warnings; restored afterwards."""
+    if not gf.has_ops():
+        pytest.skip(f"compiled ops not loaded: {gf.ops_error()}")
+
+    def clear():
+        _loading._kernel.cache_clear()
+        _loading._warn_no_kernel.cache_clear()
+
+    clear()
+    monkeypatch.setattr(_loading, "has_kernel", lambda name, device_type: False)
+    yield
+    monkeypatch.undo()
+    clear()
+
+
+def _spy(monkeypatch, name):
+    """Counts the calls of reference.`name` (what the wrappers fall back to)."""
+    calls = []
+    real = getattr(reference, name)
+    monkeypatch.setattr(reference, name, lambda *a, **k: calls.append(name) or real(*a, **k))
+    return calls
+
+
+def test_device_without_kernels_uses_the_reference_after_one_warning(no_compiled_kernels,
+                                                                      monkeypatch):
+    """A CPU-only build on a machine with a GPU: the ops on CUDA tensors use the reference,
+    announced by one RuntimeWarning per device type (not per op or call), and give its results.
+    Exercised here on CPU tensors through the wrappers, and for the "cuda" message through the
+    lookup itself (CUDA tensors too where a GPU exists)."""
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    want = reference.cosine(a, b)
+    calls = _spy(monkeypatch, "cosine")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for dev in devices:
+            for _ in range(2):
+                got = gf.ops.cosine(a.to(dev), b.to(dev))
+                for g, r in zip(got, want):
+                    torch.testing.assert_close(g.cpu(), r, rtol=0, atol=0)
+                x = torch.rand(2, 5, device=dev)
+                gf.ops.attack_step(x, torch.zeros_like(x), torch.randn_like(x), 0.1, 0.1)
+        assert gf.ops.kernel("cosine", torch.device("cuda")) is None
+        assert gf.ops.kernel("relu_affine_backward", torch.device("cuda")) is None
+    assert calls == ["cosine"] * 2 * len(devices)
+    msgs = [str(x.message) for x in w if issubclass(x.category, RuntimeWarning)]
+    assert len(msgs) == 2, msgs  # one for cpu, one for cuda
+    assert "no compiled kernels exist for 'cpu'" in msgs[0] and "cpu tensors use the " \
+        "pure-PyTorch reference" in msgs[0]
+    assert f"this build has no CUDA kernels (cuda_version() = {gf.ops.cuda_version()}" in msgs[1]
+    assert "cuda tensors use the pure-PyTorch reference" in msgs[1]
+    assert all(x.filename == __file__ for x in w), [x.filename for x in w]  # the caller's line
 
 
 def test_fallback_is_announced_and_matches():

@@ -11,7 +11,7 @@
 
 #include <cmath>
 
-#include "attack_math.h"
+#include "cosine_math.h"
 #include "op_checks.h"
 #include "sample_layout.h"
 
@@ -94,8 +94,10 @@ at::Tensor cosine_backward_cpu(const at::Tensor& grad_cos, const at::Tensor& a,
   const int64_t B = a.size(0);
   if (out.numel() == 0) return out;
   const auto L = make_sample_layout<3>({&out, &a, &b});
-  // The [B] vectors are tiny: read them in the accumulation dtype, contiguous.
-  const at::Tensor g = grad_cos.contiguous(), c = cos.contiguous();
+  // The [B] vectors are tiny: contiguous, in the accumulation dtype (grad_cos converted, as
+  // the CUDA kernel does).
+  const auto acc = cosine_acc_dtype(a.scalar_type());
+  const at::Tensor g = grad_cos.to(acc).contiguous(), c = cos.contiguous();
   const at::Tensor nav = norm_a.contiguous(), nbv = norm_b.contiguous();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -111,18 +113,14 @@ at::Tensor cosine_backward_cpu(const at::Tensor& grad_cos, const at::Tensor& a,
         const vec_t* pnb = nbv.const_data_ptr<vec_t>();
         at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
           for (int64_t i = begin; i < end; ++i) {
-            const bool valid = pna[i] > 0 && pnb[i] > 0;
-            const math_t gi = valid ? static_cast<math_t>(pg[i]) : math_t(0);
-            const math_t inv_ab = valid ? math_t(1) / (math_t(pna[i]) * math_t(pnb[i])) : 0;
-            const math_t cos_over_aa = valid ? math_t(pc[i]) / (math_t(pna[i]) * math_t(pna[i])) : 0;
+            const auto k = CosineBackwardCoeffs<math_t>::of_sample(pg[i], pc[i], pna[i], pnb[i]);
             L.for_each_run(i, [&](const std::array<int64_t, 3>& off, int64_t n,
                                   const std::array<int64_t, 3>& st) {
               scalar_t* o = po + off[0];
               const scalar_t* x = pa + off[1];
               const scalar_t* y = pb + off[2];
               for (int64_t j = 0; j < n; ++j) {
-                o[j * st[0]] = static_cast<scalar_t>(cosine_grad_value<math_t>(
-                    x[j * st[1]], y[j * st[2]], gi, inv_ab, cos_over_aa));
+                o[j * st[0]] = static_cast<scalar_t>(k.grad(x[j * st[1]], y[j * st[2]]));
               }
             });
           }

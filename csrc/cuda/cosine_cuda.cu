@@ -25,7 +25,7 @@
 #include <algorithm>
 #include <limits>
 
-#include "attack_math.h"
+#include "cosine_math.h"
 #include "cuda/cuda_utils.cuh"
 #include "op_checks.h"
 #include "sample_layout.h"
@@ -285,7 +285,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_cuda(const at::Tensor& a,
 }
 
 // ------------------------------------------------------------------------------ backward
-// out_i = cosine_grad_value(a_i, b_i, per-sample scalars), block (i, p) as in the forward.
+// out_i = CosineBackwardCoeffs::grad(a_i, b_i) (cosine_math.h), block (i, p) as in the forward.
 template <typename scalar_t, typename vec_t, int kVec, bool kStrided>
 __global__ void __launch_bounds__(kThreads)
     cosine_backward_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ a,
@@ -296,15 +296,10 @@ __global__ void __launch_bounds__(kThreads)
   using math_t = at::opmath_type<scalar_t>;
   const BlockChunk c = block_chunk(S, chunk, splits);
   const int64_t i = c.sample, begin = c.begin, end = c.end;
-  // The per-sample scalars exactly as the CPU kernel computes them.
-  const vec_t nai = norm_a[i], nbi = norm_b[i];
-  const bool valid = nai > 0 && nbi > 0;
-  const math_t g = valid ? static_cast<math_t>(grad_cos[i]) : math_t(0);
-  const math_t inv_ab = valid ? math_t(1) / (math_t(nai) * math_t(nbi)) : math_t(0);
-  const math_t cos_over_aa = valid ? math_t(cos[i]) / (math_t(nai) * math_t(nai)) : math_t(0);
-  auto f = [=](scalar_t x, scalar_t y) {
-    return static_cast<scalar_t>(cosine_grad_value<math_t>(x, y, g, inv_ab, cos_over_aa));
-  };
+  // The per-sample scalars, as the CPU kernel computes them (cosine_math.h).
+  const auto k = CosineBackwardCoeffs<math_t>::of_sample(grad_cos[i], cos[i], norm_a[i],
+                                                          norm_b[i]);
+  auto f = [=](scalar_t x, scalar_t y) { return static_cast<scalar_t>(k.grad(x, y)); };
   if constexpr (kStrided) {
     for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
       int64_t off[3];

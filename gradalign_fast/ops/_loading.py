@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import warnings
 
 import torch  # loads libc10/libtorch, which the extension links against
@@ -17,6 +18,7 @@ _LOAD_ERROR: str | None = None
 _LOADED = False
 # Dispatch key of the compiled kernels per device type; other devices use the reference.
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+_OPS_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def _load() -> None:
@@ -84,7 +86,17 @@ def _warn_no_kernel(device_type: str) -> None:
            "a CUDA toolkit and a CUDA build of torch for them)" if device_type == "cuda"
            else f"no compiled kernels exist for {device_type!r} tensors")
     warnings.warn(f"gradalign_fast: {why}; {device_type} tensors use the pure-PyTorch "
-                  "reference ops (same results, slower)", RuntimeWarning, stacklevel=4)
+                  "reference ops (same results, slower)", RuntimeWarning,
+                  stacklevel=_stacklevel_outside_ops())
+
+
+def _stacklevel_outside_ops() -> int:
+    """The warnings.warn stacklevel, for the function calling this, of the first caller outside
+    gradalign_fast/ops: the line that called an op (through a wrapper or kernel())."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_OPS_DIR):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def kernel(name: str, device: torch.device):

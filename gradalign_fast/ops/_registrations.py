@@ -1,45 +1,49 @@
-"""Fake (meta) kernels and autograd of the compiled ops; imported only when they loaded."""
+"""Fake (meta) kernels and autograd of the compiled ops; imported only when they loaded.
+
+The fake kernels run the kernels' argument checks (_checks.py, the messages of
+csrc/op_checks.h) and return outputs shaped, typed and laid out as the kernels' are.
+"""
 from __future__ import annotations
 
 import torch
 
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from . import _checks
 
 
 @torch.library.register_fake("gradalign_fast::cosine")
 def _cosine_fake(a, b):
-    torch._check(a.shape == b.shape, lambda: "gradalign_fast::cosine: a and b differ in shape")
-    torch._check(a.dim() >= 1, lambda: "gradalign_fast::cosine: inputs need a batch dimension")
-    vec = a.new_empty((a.shape[0],), dtype=_acc_dtype(a.dtype))
+    _checks.check_cosine_inputs(a, b, "gradalign_fast::cosine")
+    vec = a.new_empty((a.shape[0],), dtype=_checks.cosine_acc_dtype(a.dtype))
     return vec, torch.empty_like(vec), torch.empty_like(vec)
 
 
 @torch.library.register_fake("gradalign_fast::cosine_backward")
 def _cosine_backward_fake(grad_cos, a, b, cos, norm_a, norm_b):
+    _checks.check_cosine_backward_inputs(grad_cos, a, b, cos, norm_a, norm_b)
     return torch.empty_like(a)
 
 
 @torch.library.register_fake("gradalign_fast::attack_step")
 def _attack_step_fake(x, delta, grad, alpha, eps, lo, hi, project):
+    _checks.check_attack_inputs(x, delta, grad, alpha, eps, lo, hi, "gradalign_fast::attack_step")
     return torch.empty_like(x)
 
 
 @torch.library.register_fake("gradalign_fast::attack_step_")
 def _attack_step_inplace_fake(x, delta, grad, alpha, eps, lo, hi, project):
-    return None
+    _checks.check_attack_inputs(x, delta, grad, alpha, eps, lo, hi,
+                                "gradalign_fast::attack_step_")
 
 
 @torch.library.register_fake("gradalign_fast::random_delta")
 def _random_delta_fake(x, radius, lo, hi, clip_to_box, generator=None):
+    _checks.check_random_delta_inputs(x, radius, lo, hi)
     return torch.empty_like(x)
 
 
 @torch.library.register_fake("gradalign_fast::relu_affine_backward")
 def _relu_affine_backward_fake(grad, x, scale, shift):
-    torch._check(grad.shape == x.shape,
-                 lambda: "gradalign_fast::relu_affine_backward: grad and x differ in shape")
+    _checks.check_relu_affine_inputs(grad, x, scale, shift)
     return torch.empty_like(grad)
 
 

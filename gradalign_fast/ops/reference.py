@@ -3,6 +3,8 @@
 compiled kernel exists for a tensor's device (see gradalign_fast.ops)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -16,8 +18,9 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     cos is 0 where either norm is 0. Computed in float32 (float64 for float64 inputs).
     """
     acc = _acc_dtype(a.dtype)
-    a2 = a.reshape(a.shape[0], -1).to(acc)
-    b2 = b.reshape(b.shape[0], -1).to(acc)
+    flat = (a.shape[0], math.prod(a.shape[1:]))  # [B, S]; not (B, -1), ambiguous for B = 0
+    a2 = a.reshape(flat).to(acc)
+    b2 = b.reshape(flat).to(acc)
     # vector_norm's backward is 0 (not NaN) at a zero vector.
     norm_a = torch.linalg.vector_norm(a2, dim=1)
     norm_b = torch.linalg.vector_norm(b2, dim=1)
