@@ -19,6 +19,24 @@ PHASES = ("gradalign: forward at x+eta", "gradalign: input gradient (create_grap
           "gradalign: cosine op")
 
 
+def _phase(name: str):
+    """record_function(name) while a profiler runs, else nothing: a range costs tens of
+    microseconds even with no profiler, a percent of a small model's step."""
+    return record_function(name) if torch._C._autograd._profiler_enabled() else \
+        contextlib.nullcontext()
+
+
+def _fast_layers_pay(model) -> bool:
+    """Whether gradalign_fast.double_backward is faster than PyTorch's own second derivatives
+    for this model: where a BatchNorm runs in train mode (its double backward is what they
+    save; benchmarks/NOTES.md). Without one (e.g. the MNIST CNN) they save nothing and add a
+    Python call per layer. A callable that is not an nn.Module cannot be looked into: yes."""
+    if not isinstance(model, nn.Module):
+        return True
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+               for m in model.modules())
+
+
 def _check_tensor_like(name: str, t, x: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"GradAlignLoss: `{name}` must be a tensor, got {type(t).__name__}")
@@ -47,8 +65,9 @@ class GradAlignLoss(nn.Module):
     the mean (the regulariser is 0 when none is left). Runs the model in whatever mode it is in
     (train-mode BatchNorm sees the extra forward, as in the authors' code).
 
-    The double backward runs through cheaper exact second derivatives of Conv2d, train-mode
-    BatchNorm and ReLU (gradalign_fast.double_backward; same values as PyTorch's).
+    For a model with a train-mode BatchNorm the double backward runs through cheaper exact
+    second derivatives of Conv2d, BatchNorm and ReLU (gradalign_fast.double_backward; same
+    values as PyTorch's); without one, PyTorch's own are as fast and are used.
 
     Approximate modes (options; the default, all off, is the exact regulariser above):
 
@@ -76,8 +95,9 @@ class GradAlignLoss(nn.Module):
         mode: "exact" (GradAlign) or "linearity" (see above).
         fraction: fraction of the batch regularised (see above).
         every: regularise every k-th call (see above).
-        fast_layers: use gradalign_fast.double_backward (False: PyTorch's own second
-            derivatives, same values; for comparison).
+        fast_layers: use gradalign_fast.double_backward where it pays (models with a
+            train-mode BatchNorm; False: PyTorch's own second derivatives everywhere, same
+            values; for comparison).
         low_memory: with fast_layers, recompute ReLU-after-BatchNorm outputs instead of keeping
             them (same values; in a pre-activation ResNet ~25% less peak memory for the
             regulariser at no measurable time cost). False keeps them, for comparison.
@@ -175,14 +195,14 @@ class GradAlignLoss(nn.Module):
         if noise is None:
             noise = ops.random_delta(x, self.eps, clip_to_box=False)
         x_noisy = (x + noise.detach()).requires_grad_(True)
-        fdb = fast_double_backward(self.low_memory) if self.fast_layers else None
-        with record_function(PHASES[0]), fdb or contextlib.nullcontext():
+        fdb = fast_double_backward(self.low_memory) if (
+            self.fast_layers and _fast_layers_pay(model)) else None
+        with _phase(PHASES[0]), fdb or contextlib.nullcontext():
             loss = self.loss_fn(model(x_noisy), y)
-        with record_function(PHASES[1]), fdb.input_grad_only() if fdb else \
-                contextlib.nullcontext():
+        with _phase(PHASES[1]), fdb.input_grad_only() if fdb else contextlib.nullcontext():
             (grad_noisy,) = torch.autograd.grad(loss, x_noisy, create_graph=True)
         # grad_noisy: [b, ...]; cos, norms: [b] (float32, or float64 for float64 gradients)
-        with record_function(PHASES[2]):
+        with _phase(PHASES[2]):
             cos, norm_clean, norm_noisy = ops.cosine(grad_clean.detach().to(grad_noisy.dtype),
                                                      grad_noisy)
         valid = (norm_clean > 0) & (norm_noisy > 0)

@@ -435,3 +435,26 @@ def test_captured_gradalign_step_redraws_noise_and_checks_options():
     assert all(torch.isfinite(p).all() for p in model.parameters())
     with pytest.raises(ValueError, match="captured for x"):
         step(x[:8], y[:8])
+
+
+@pytest.mark.parametrize("bn, train, used", [(True, True, True), (True, False, False),
+                                             (False, True, False)])
+def test_fast_layers_only_where_they_pay(bn, train, used, monkeypatch):
+    """gradalign_fast.double_backward is used for models with a train-mode BatchNorm only
+    (elsewhere PyTorch's own second derivatives are as fast); the value is the same."""
+    from gradalign_fast import gradalign
+
+    made = []
+    real = gradalign.fast_double_backward
+    monkeypatch.setattr(gradalign, "fast_double_backward",
+                        lambda *a: made.append(1) or real(*a))
+    x, y = _batch()
+    model = small_cnn() if bn else nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(),
+                                                 nn.LazyLinear(10)).double()
+    model(x)
+    model.train(train)
+    noise = torch.empty_like(x).uniform_(-0.3, 0.3)
+    fast = GradAlignLoss(0.3, 1.0)(copy.deepcopy(model), x, y, noise=noise)
+    assert bool(made) == used
+    plain = GradAlignLoss(0.3, 1.0, fast_layers=False)(copy.deepcopy(model), x, y, noise=noise)
+    torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
