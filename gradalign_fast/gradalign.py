@@ -11,7 +11,7 @@ from torch.profiler import record_function
 
 from . import ops
 from .approx import check_options, linearity_penalty, random_subset
-from .attacks import LossFn, input_gradient
+from .attacks import LossFn, check_inputs, input_gradient, model_loss
 from .double_backward import fast_double_backward
 
 # record_function ranges of one exact call, for `python -m gradalign_fast profile`
@@ -37,16 +37,36 @@ def _fast_layers_pay(model) -> bool:
                for m in model.modules())
 
 
-def _check_tensor_like(name: str, t, x: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"GradAlignLoss: `{name}` must be a tensor, got {type(t).__name__}")
-    if t.shape != x.shape:
-        raise ValueError(f"GradAlignLoss: `{name}` must have the shape of x {tuple(x.shape)}, "
-                         f"got {tuple(t.shape)}")
-    if t.device != x.device:
-        raise ValueError(f"GradAlignLoss: `{name}` is on {t.device} but x is on {x.device}")
-    if not t.is_floating_point():
-        raise TypeError(f"GradAlignLoss: `{name}` must be floating point, got {t.dtype}")
+COMPILE_MESSAGE = (
+    "GradAlignLoss: torch.compile cannot double-backward (its aot_autograd backward is not "
+    "differentiable; pytorch issue 183603), and GradAlign's parameter gradient is a double "
+    "backward. Pass the eager model instead (`model._orig_mod` of a torch.compile'd module; "
+    "compiled submodules likewise); on a GPU, "
+    "gradalign_fast.training.cuda_graph.CapturedStep removes the launch overhead without "
+    "torch.compile.")
+
+
+def _compiled_module(model):
+    """The first torch.compile'd module in model (itself included), or None."""
+    if not isinstance(model, nn.Module):
+        return None
+    return next((m for m in model.modules() if hasattr(m, "_orig_mod")), None)
+
+
+def _probe_double_backward(value: torch.Tensor, model) -> None:
+    """Runs the parameter gradient of `value` (a double backward) once, keeping the graph, and
+    turns torch.compile's failure there into COMPILE_MESSAGE (a compiled function inside the
+    model that _compiled_module cannot see)."""
+    params = [p for p in model.parameters() if p.requires_grad] \
+        if isinstance(model, nn.Module) else []
+    if not params or not value.requires_grad:
+        return
+    try:
+        torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+    except RuntimeError as e:
+        if "double backward" in str(e):
+            raise RuntimeError(COMPILE_MESSAGE) from e
+        raise
 
 
 class GradAlignLoss(nn.Module):
@@ -116,6 +136,10 @@ class GradAlignLoss(nn.Module):
                 raise ValueError(f"GradAlignLoss: `{name}` must be a finite number, got {v!r}")
             if v < 0:
                 raise ValueError(f"GradAlignLoss: `{name}` must be >= 0, got {v}")
+        if eps > 1:
+            raise ValueError(f"GradAlignLoss: eps={eps} is larger than the whole [0, 1] input "
+                             f"range; eps is in input units: for {eps:g}/255 pass "
+                             f"eps={eps:g}/255 (= {eps / 255:.4g})")
         if not callable(loss_fn):
             raise TypeError("GradAlignLoss: `loss_fn` must be callable (logits, y) -> loss")
         check_options(mode, fraction, every)
@@ -127,6 +151,7 @@ class GradAlignLoss(nn.Module):
         self.fast_layers = bool(fast_layers)
         self.low_memory = bool(low_memory)
         self._calls = 0  # forward calls so far, for `every`
+        self._probed = False  # the double backward has been tried once (exact mode)
         self.last_cos: torch.Tensor | None = None
         self.last_valid: torch.Tensor | None = None
 
@@ -142,34 +167,10 @@ class GradAlignLoss(nn.Module):
                 f" every={self.every}")
 
     def _check(self, model, x, y, grad_clean, noise) -> None:
-        if not isinstance(model, nn.Module) and not callable(model):
-            raise TypeError("GradAlignLoss: `model` must be an nn.Module or a callable")
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"GradAlignLoss: `x` must be a tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"GradAlignLoss: `x` must be floating point (inputs in [0, 1]), "
-                            f"got {x.dtype}")
-        if x.dim() < 1 or x.shape[0] == 0:
-            raise ValueError(f"GradAlignLoss: `x` needs a non-empty batch dimension, got shape "
-                             f"{tuple(x.shape)}")
-        if not isinstance(y, torch.Tensor):
-            raise TypeError(f"GradAlignLoss: `y` must be a tensor, got {type(y).__name__}")
-        if y.shape[:1] != x.shape[:1]:
-            raise ValueError(f"GradAlignLoss: `y` has batch size {y.shape[0] if y.dim() else 0}"
-                             f" but x has {x.shape[0]}")
-        if y.device != x.device:
-            raise ValueError(f"GradAlignLoss: `y` is on {y.device} but x is on {x.device}")
-        if isinstance(model, nn.Module):
-            p = next(model.parameters(), None)
-            if p is not None and p.device != x.device:
-                raise ValueError(f"GradAlignLoss: the model is on {p.device} but x is on "
-                                 f"{x.device}")
-        if grad_clean is not None:
-            _check_tensor_like("grad_clean", grad_clean, x)
-        if noise is not None:
-            _check_tensor_like("noise", noise, x)
-        if self.check_finite and not bool(torch.isfinite(x).all()):
-            raise ValueError("GradAlignLoss: `x` contains NaN or inf")
+        if _compiled_module(model) is not None:
+            raise TypeError(COMPILE_MESSAGE)
+        check_inputs("GradAlignLoss", model, x, y, self.check_finite, grad_clean=grad_clean,
+                     noise=noise)
 
     def forward(self, model, x: torch.Tensor, y: torch.Tensor,
                 grad_clean: torch.Tensor | None = None,
@@ -198,7 +199,7 @@ class GradAlignLoss(nn.Module):
         fdb = fast_double_backward(self.low_memory) if (
             self.fast_layers and _fast_layers_pay(model)) else None
         with _phase(PHASES[0]), fdb or contextlib.nullcontext():
-            loss = self.loss_fn(model(x_noisy), y)
+            loss = model_loss(model, x_noisy, y, self.loss_fn, "GradAlignLoss")
         with _phase(PHASES[1]), fdb.input_grad_only() if fdb else contextlib.nullcontext():
             (grad_noisy,) = torch.autograd.grad(loss, x_noisy, create_graph=True)
         # grad_noisy: [b, ...]; cos, norms: [b] (float32, or float64 for float64 gradients)
@@ -208,6 +209,9 @@ class GradAlignLoss(nn.Module):
         valid = (norm_clean > 0) & (norm_noisy > 0)
         n_valid = valid.sum()
         mean_cos = cos.sum() / n_valid.clamp(min=1)  # cos is 0 where not valid
+        if not self._probed:  # once: a clear error where torch.compile cannot double-backward
+            _probe_double_backward(mean_cos, model)
+            self._probed = True
         self.last_cos = mean_cos.detach()
         self.last_valid = n_valid.detach()
         return torch.where(n_valid > 0, mean_cos, torch.ones_like(mean_cos))

@@ -39,32 +39,135 @@ def test_clean_accuracy_counts_and_respects_n(setup):
     assert model.training  # mode restored
 
 
+def _authors_robust(model, x, y, eps, steps, init):
+    """Per restart r: correct at the end of the authors' PGD from the start init[r]."""
+    out = []
+    for d0 in init:
+        delta = d0.clone()
+        for _ in range(steps):
+            g = reference.input_grad(model, x, y, delta=delta)
+            delta = reference.attack_step(x, delta, g, eps / 4, eps, 0.0, 1.0, True)
+        with torch.no_grad():
+            out.append(model(x + delta).argmax(1) == y)
+    return torch.stack(out)
+
+
+def _starts(x, eps, restarts, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    d = torch.empty((restarts, *x.shape), dtype=x.dtype).uniform_(-eps, eps, generator=g)
+    return (x + d).clamp(0, 1) - x
+
+
+@pytest.fixture
+def model64(setup):
+    model, ds = setup
+    return model.double().eval(), ds.x.double(), ds.y
+
+
+def test_pgd_robust_is_robust_to_every_restart(model64):
+    """A point fooled at the end of any restart (or at x) is not robust."""
+    model, x, y = model64
+    eps, steps, restarts = 0.15, 5, 3
+    init = _starts(x, eps, restarts)
+    robust = evaluation.pgd_robust(model, x, y, eps, eps / 4, steps, restarts,
+                                   init=init.flatten(0, 1))
+    per_restart = _authors_robust(model, x, y, eps, steps, init)
+    assert not (robust & ~per_restart.all(0)).any()
+    clean = model(x).argmax(1) == y
+    assert not (robust & ~clean).any()
+    assert 0 < robust.sum() and per_restart.all(0).sum() < clean.sum()  # a non-trivial case
+
+
+def test_restarts_batched_equal_sequential_and_early_stop_changes_nothing(model64):
+    model, x, y = model64
+    eps, steps, restarts = 0.15, 6, 4
+    init = _starts(x, eps, restarts, seed=9)
+    batched = evaluation.pgd_robust(model, x, y, eps, eps / 4, steps, restarts,
+                                    init=init.flatten(0, 1))
+    sequential = torch.stack([evaluation.pgd_robust(model, x, y, eps, eps / 4, steps, 1,
+                                                    init=d0) for d0 in init]).all(0)
+    full = evaluation.pgd_robust(model, x, y, eps, eps / 4, steps, restarts,
+                                 init=init.flatten(0, 1), early_stop=False)
+    assert torch.equal(batched, sequential) and torch.equal(batched, full)
+    assert 0 < batched.sum() < len(y)
+
+
+def test_early_stop_never_raises_accuracy(setup):
+    model, ds = setup
+    for seed in range(3):
+        kw = dict(n=None, steps=8, restarts=3, batch_size=16, seed=seed, progress=False)
+        any_ = evaluation.pgd_accuracy(model, ds, 0.1, **kw)
+        authors = evaluation.pgd_accuracy(model, ds, 0.1, pgd_select="max_loss", **kw)
+        assert any_ <= authors <= 0.75
+
+
 def test_pgd_accuracy_matches_the_attack(setup):
     model, ds = setup
     assert evaluation.pgd_accuracy(model, ds, 0.0, n=None, steps=2, restarts=1,
                                    progress=False) == 0.75
     eps = 0.1
     acc = evaluation.pgd_accuracy(model, ds, eps, n=None, steps=10, restarts=2, batch_size=40,
-                                  seed=3, progress=False)
+                                  seed=3, progress=False, pgd_select="max_loss")
     gen = torch.Generator().manual_seed(3)
     delta = reference.pgd(model.eval(), ds.x, ds.y, eps, eps / 4, 10, 2, generator=gen)
     ref = (model(ds.x + delta).argmax(1) == ds.y).float().mean().item()
     assert acc <= 0.75 and acc == pytest.approx(ref, abs=1 / 40)
     again = evaluation.pgd_accuracy(model, ds, eps, n=None, steps=10, restarts=2,
-                                    batch_size=40, seed=3, progress=False)
+                                    batch_size=40, seed=3, progress=False,
+                                    pgd_select="max_loss")
     assert again == acc  # seeded restarts
+    new = [evaluation.pgd_accuracy(model, ds, eps, n=None, steps=10, restarts=2, seed=3,
+                                   progress=False) for _ in range(2)]
+    assert new[0] == new[1] <= acc
 
 
 def test_evaluate_reports_each_attack_and_times(setup):
     model, ds = setup
-    out = evaluation.evaluate(model, ds, 0.05, "clean,pgd-3-2", n=20, progress=False)
-    assert out["n"] == 20 and set(out["time_s"]) == {"clean", "pgd-3-2"}
-    assert 0 <= out["pgd-3-2"] <= out["clean"] <= 1
+    out = evaluation.evaluate(model, ds, 0.05, "clean,pgd-3-2,pgd-3-2+clean@10", n=20,
+                              progress=False)
+    assert out["n"] == 20 and set(out["time_s"]) == {"clean", "pgd-3-2", "pgd-3-2+clean@10"}
+    assert out["points"] == {"clean": 20, "pgd-3-2": 20, "pgd-3-2+clean@10": 10}
+    assert 0 <= out["pgd-3-2"] <= out["clean"] <= 1 and out["masking"] == []
 
 
-@pytest.mark.parametrize("spec", ["", "clean,pgd-50", "fab"])
-def test_bad_attack_names(spec):
-    with pytest.raises(ValueError, match="attack"):
+def test_worst_case_runs_the_second_attack_only_on_survivors(setup, monkeypatch):
+    model, ds = setup
+    seen = []
+    robust_fn = evaluation._robust_fn
+
+    def spy(model, part, *a):
+        fn = robust_fn(model, part, *a)
+        return lambda x, y: (seen.append((part.name, len(y))), fn(x, y))[1]
+
+    monkeypatch.setattr(evaluation, "_robust_fn", spy)
+    out = evaluation.evaluate(model, ds, 0.1, "pgd-5-2,pgd-5-2+pgd-4-1", n=None,
+                              batch_size=40, progress=False)
+    survivors = round(out["pgd-5-2"] * 40)
+    assert seen == [("pgd-5-2", 40), ("pgd-4-1", survivors)]  # PGD-5-2 ran once, reused
+    assert out["pgd-5-2+pgd-4-1"] <= out["pgd-5-2"]
+
+
+def test_masking_is_flagged_when_pgd_exceeds_the_other_attack(setup, monkeypatch):
+    model, ds = setup
+    monkeypatch.setattr(evaluation, "_torchattacks_fn",
+                        lambda *a: lambda x, y: torch.zeros(len(y), dtype=torch.bool))
+    out = evaluation.evaluate(model, ds, 0.01, "clean,pgd-2-1,square@20", n=None,
+                              progress=False)
+    (m,) = out["masking"]
+    assert m["flag"] and m["n"] == 20 and m["attack_acc"] == 0 and m["pgd_acc"] > 0.05
+    assert "possible gradient masking: pgd-2-1" in evaluation.masking_warnings(out)[0]
+    out = evaluation.evaluate(model, ds, 0.01, "pgd-2-1+square", n=None, progress=False)
+    assert out["masking"][0]["flag"]
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("", "no attack"), ("clean,pgd-50", "unknown attack"), ("fab", "unknown attack"),
+    ("pgd-50-0", "at least 1 step and 1 restart"), ("pgd-0-1", "at least 1 step and 1 restart"),
+    ("square-0", "at least 1 query"), ("pgd-5-1@0", "positive number of points"),
+    ("pgd-5-1@x", "positive number of points"),
+])
+def test_bad_attack_names(spec, match):
+    with pytest.raises(ValueError, match=match):
         evaluation.parse_attacks(spec)
 
 
@@ -79,15 +182,18 @@ def test_bad_eps_and_n(setup):
 def test_autoattack_without_torchattacks_says_how_to_install(setup, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchattacks", None)
     with pytest.raises(ImportError, match="pip install --no-deps torchattacks"):
-        evaluation.autoattack_accuracy(setup[0], setup[1], 0.05, progress=False)
+        evaluation.autoattack_accuracy(setup[0], setup[1], 0.05, n=12, progress=False)
 
 
-def test_autoattack_accuracy(setup):
+def test_autoattack_and_square_accuracy(setup):
     pytest.importorskip("torchattacks")
     model, ds = setup
-    acc = evaluation.autoattack_accuracy(model, ds, 0.05, n=12, progress=False)
-    pgd = evaluation.pgd_accuracy(model, ds, 0.05, n=12, steps=20, restarts=2, progress=False)
-    assert 0 <= acc <= pgd + 1e-9
+    out = evaluation.evaluate(model, ds, 0.05, "pgd-20-2,autoattack,square-200,"
+                              "pgd-20-2+autoattack", n=12, progress=False)
+    assert 0 <= out["autoattack"] <= out["pgd-20-2"] + 1e-9
+    assert 0 <= out["square-200"] <= 0.75 and out["pgd-20-2+autoattack"] <= out["autoattack"]
+    assert [m["attack"] for m in out["masking"]] == ["autoattack", "square-200",
+                                                       "pgd-20-2+autoattack"]
 
 
 # ---------------------------------------------------------------- CO monitor

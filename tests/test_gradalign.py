@@ -1,6 +1,7 @@
 """GradAlignLoss against the authors' formulation (reference.gradalign_regularizer)."""
 import contextlib
 import copy
+import re
 
 import pytest
 import torch
@@ -458,3 +459,98 @@ def test_fast_layers_only_where_they_pay(bn, train, used, monkeypatch):
     assert bool(made) == used
     plain = GradAlignLoss(0.3, 1.0, fast_layers=False)(copy.deepcopy(model), x, y, noise=noise)
     torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- input checks (shared)
+ATTACKS = {
+    "fgsm": lambda m, x, y: attacks.fgsm(m, x, y, 0.1),
+    "fgsm_rs": lambda m, x, y: attacks.fgsm_rs(m, x, y, 0.1),
+    "nfgsm": lambda m, x, y: attacks.nfgsm(m, x, y, 0.1),
+    "pgd": lambda m, x, y: attacks.pgd(m, x, y, 0.1, 0.025, 2),
+    "GradAlignLoss": lambda m, x, y: GradAlignLoss(0.1, 1.0)(m, x, y),
+}
+
+
+def _mlp(dtype=torch.float32):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 5)).to(dtype)
+
+
+def _xy(dtype=torch.float32):
+    return torch.rand(4, 3, 2, 2, dtype=dtype), torch.tensor([0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("who", ATTACKS)
+def test_attacks_and_gradalign_share_the_input_checks(who):
+    call, (x, y) = ATTACKS[who], _xy()
+    name = who if who == "GradAlignLoss" else f"attacks.{who}"
+    cases = [
+        (x.double(), y, _mlp(), TypeError,
+         f"{name}: x is torch.float64 but the model's parameters are torch.float32"),
+        (x, y, _mlp(torch.float64), TypeError, "x is torch.float32 but the model's parameters "
+                                               "are torch.float64"),
+        (torch.full_like(x, float("nan")), y, _mlp(), ValueError, "`x` contains NaN or inf"),
+        (x.clone().fill_(float("inf")), y, _mlp(), ValueError, "`x` contains NaN or inf"),
+        (x.long(), y, _mlp(), TypeError, "`x` must be floating point"),
+        (x, y[:2], _mlp(), ValueError, "`y` has batch size 2 but x has 4"),
+    ]
+    for xi, yi, model, exc, match in cases:
+        with pytest.raises(exc, match=re.escape(match)):
+            call(model, xi, yi)
+    call(_mlp(), x, y)  # and the valid call works
+
+
+class _TupleModel(nn.Module):
+    def __init__(self, as_dict=False):
+        super().__init__()
+        self.net, self.as_dict = _mlp(), as_dict
+
+    def forward(self, x):
+        out = self.net(x)
+        return {"logits": out} if self.as_dict else (out, out.sum())
+
+
+@pytest.mark.parametrize("who", ATTACKS)
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_a_tuple_or_dict_output_points_at_loss_fn(who, as_dict):
+    x, y = _xy()
+    kind = "dict" if as_dict else "tuple"
+    with pytest.raises(TypeError, match=f"the model returned a {kind}.*pass a `loss_fn`"):
+        ATTACKS[who](_TupleModel(as_dict), x, y)
+    key = "logits" if as_dict else 0
+    reg = GradAlignLoss(0.1, 1.0, loss_fn=lambda out, y: F.cross_entropy(out[key], y))
+    assert reg(_TupleModel(as_dict), x, y).item() >= 0
+
+
+def test_eps_above_one_mentions_255():
+    with pytest.raises(ValueError, match=r"eps=8 .*8/255"):
+        GradAlignLoss(eps=8, lam=1.0)
+    GradAlignLoss(eps=1.0, lam=1.0)  # the whole box is allowed
+
+
+def _compiled(module):
+    return torch.compile(module, backend="aot_eager")
+
+
+def test_a_compiled_model_is_refused_up_front():
+    x, y = _xy()
+    for model in (_compiled(_mlp()), nn.Sequential(_compiled(_mlp())),):
+        with pytest.raises(TypeError, match=r"torch\.compile cannot double-backward.*183603.*"
+                                            r"_orig_mod.*CapturedStep"):
+            GradAlignLoss(0.1, 1.0)(model, x, y)
+
+
+def test_a_compiled_function_inside_the_model_fails_clearly_at_the_first_call():
+    class Hidden(nn.Module):  # no compiled module to see: the compiled code is a function
+        def __init__(self):
+            super().__init__()
+            self.net = _mlp()
+            self.fn = torch.compile(lambda x: self.net(x), backend="aot_eager")
+
+        def forward(self, x):
+            return self.fn(x)
+
+    x, y = _xy()
+    with pytest.raises(RuntimeError, match=r"torch\.compile cannot double-backward") as e:
+        GradAlignLoss(0.1, 1.0)(Hidden(), x, y)
+    assert "does not currently support double backward" in str(e.value.__cause__)

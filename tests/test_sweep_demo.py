@@ -66,7 +66,7 @@ def test_sweep_end_to_end_and_resumable(tmp_path, capsys):
 
 def test_sweep_errors_are_clear(tmp_path, capsys):
     assert main(["sweep", "--method", "gradalign:rho=1", "--eps", "8", "--out",
-                 str(tmp_path), *TINY]) == 2
+                 str(tmp_path), *TINY]) == 1
     assert "does not take the options" in capsys.readouterr().err
 
 
@@ -95,5 +95,10 @@ def test_demo_runs_and_flags(tmp_path, capsys):
                  "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "fgsm: per epoch" in out and "gradalign: per epoch" in out
-    assert "PGD-50-10" in out and (tmp_path / "fig_a.png").exists()
-    assert main(["demo", "--eps", "0.3", "--out", str(tmp_path)]) == 2
+    assert "PGD-50-10" in out and "PGD+AA (first 16)" in out and "masking?" in out
+    assert (tmp_path / "fig_a.png").exists()
+    final = json.loads((tmp_path / "gradalign" / "final.json").read_text())
+    assert set(final["accuracy"]) == {"clean", "pgd-50-10", "pgd-50-10+autoattack@500"}
+    assert final["eval_points"]["pgd-50-10+autoattack@500"] == 16
+    assert main(["demo", "--eps", "0.3", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("error: --eps 0.3 looks like [0, 1] units")

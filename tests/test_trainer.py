@@ -78,20 +78,58 @@ def test_resume_is_bitwise(tmp_path, monkeypatch, method, options):
 
 def test_resume_rejects_other_runs_and_corrupt_files(tmp_path):
     train(TrainConfig(method="fgsm", epochs=1, out_dir=str(tmp_path), **TINY))
+    (tmp_path / "final.json").unlink()  # as if interrupted before the final evaluation
     with pytest.raises(checkpoint.CheckpointError, match="method: checkpoint 'fgsm' vs now"):
         train(TrainConfig(method="pgd", epochs=1, out_dir=str(tmp_path), resume=True, **TINY))
     with pytest.raises(ValueError, match="already holds a run"):
         train(TrainConfig(method="fgsm", epochs=1, out_dir=str(tmp_path), **TINY))
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint") as e:
         train(TrainConfig(method="fgsm", epochs=1, out_dir=str(tmp_path), resume=True, **TINY))
+    assert "weights_only=False" not in str(e.value)
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at"):
         train(TrainConfig(method="fgsm", epochs=1, out_dir=str(tmp_path / "new"), resume=True,
                           **TINY))
 
 
+@pytest.mark.parametrize("name", trainer.RUN_FILES)
+def test_a_new_run_refuses_a_directory_with_any_run_file(tmp_path, name):
+    (tmp_path / name).write_text("{}")
+    match = "holds a finished run" if name == "final.json" else f"holds a run \\({name}\\)"
+    with pytest.raises(ValueError, match=match):
+        train(TrainConfig(method="fgsm", epochs=1, out_dir=str(tmp_path), **TINY))
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # nothing written or removed
+
+
+def test_a_finished_run_is_never_resumed_or_rewritten(tmp_path):
+    cfg = dict(method="fgsm", epochs=1, out_dir=str(tmp_path), **TINY)
+    train(TrainConfig(**cfg))
+    before = (tmp_path / "final.json").read_bytes()
+    for resume in (True, False):
+        with pytest.raises(ValueError, match="holds a finished run .* python -m "
+                                             "gradalign_fast eval --checkpoint"):
+            train(TrainConfig(**{**cfg, "eval_attacks": "clean", "resume": resume}))
+    assert (tmp_path / "final.json").read_bytes() == before
+
+
+def test_eps_warmup_longer_than_the_run(tmp_path):
+    """The recipe's ramp is scaled to the run (with a warning), an explicit one refused; the
+    largest eps trained at is reported."""
+    with pytest.warns(UserWarning, match=r"eps warm-up \(4 epochs of 10\) is longer"):
+        cfg = trainer.resolve(TrainConfig(method="fgsm", epochs=2, **TINY))
+    assert cfg.eps_warmup_epochs == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="eps_warmup_epochs=3 is longer than the run"):
+        trainer.resolve(TrainConfig(method="fgsm", epochs=2, eps_warmup_epochs=3, **TINY))
+    final = train(TrainConfig(method="fgsm", epochs=1, eps_warmup_epochs=1.0, stop_on_co=False,
+                              out_dir=str(tmp_path), **TINY))
+    # 4 iterations ramped over 4: the last one trains at 3/4 of eps, and says so
+    assert final["eps_max_trained"] == pytest.approx(0.75 * final["eps"])
+    last = [r for r in _rows(tmp_path) if r["kind"] == "epoch"][-1]
+    assert last["eps"] == pytest.approx(final["eps_max_trained"])
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
-    cfg = TrainConfig(method="fgsm", epochs=3, lr_max=1e4, out_dir=str(tmp_path), **TINY)
+    cfg = TrainConfig(method="fgsm", epochs=3, lr_max=1e8, out_dir=str(tmp_path), **TINY)
     with pytest.raises(TrainingDiverged, match="training diverged"):
         train(cfg)
     if (tmp_path / "checkpoint.pt").exists():  # only good weights are ever saved

@@ -44,8 +44,11 @@ def read(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
-                              f"{e})") from e
+        # torch's own message would advise weights_only=False (runs arbitrary code): not ours
+        raise CheckpointError(f"{path} is not a readable checkpoint: damaged, truncated, or not "
+                              f"written by gradalign_fast (torch.load with weights_only=True "
+                              f"failed with {type(e).__name__}); retrain, or use another "
+                              f"checkpoint (best.pt or checkpoint.pt of the run)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a gradalign_fast checkpoint (format "
                               f"{ckpt.get('format') if isinstance(ckpt, dict) else None!r}, "

@@ -12,6 +12,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from .monitor import COMonitor, MetricsLog
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LAM_METHODS = ("gradalign", "gradalign_adaptive", "cure", "llr", "elle", "elle_a")
 CHECK_EVERY = 20  # iterations between loss checks / progress-bar updates (one device sync)
+# Every file of a run directory: a new run refuses a directory holding any of them.
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "best.pt", "final.json")
 
 
 class TrainingDiverged(RuntimeError):
@@ -63,7 +66,9 @@ class TrainConfig:
     lr_schedule: str | None = None  # cyclic | piecewise | constant
     n_train: int | None = None  # train on the first n_train points (None: all but the monitor's)
     n_eval: int | None = 1000  # final evaluation on the first n_eval test points (None: all)
-    eval_attacks: str = "clean,pgd-50-10"
+    # PGD-50-10 on n_eval points, and the worst case of PGD-50-10 and AutoAttack on the first
+    # 500 (AutoAttack on the PGD-robust points only); see evaluation.parse_attacks
+    eval_attacks: str = "clean,pgd-50-10,pgd-50-10+autoattack@500"
     n_monitor: int = 256  # held-out training points (the last ones) of the CO monitor
     seed: int = 0
     device: str | None = None  # None: cuda if available, else cpu
@@ -77,7 +82,40 @@ class TrainConfig:
     resume: bool = False
     sync_bn: bool = False
     num_workers: int = 0
-    progress: bool = True
+    progress: bool = True  # progress bars, and one summary line per epoch
+
+
+def check_device(name: str) -> torch.device:
+    """torch.device(name) for cpu or an available CUDA GPU; ValueError otherwise."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: gradalign_fast runs on cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: no CUDA GPU is available here "
+                         f"(torch.cuda.is_available() is False); use cpu")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: there are {torch.cuda.device_count()} CUDA GPUs")
+    return dev
+
+
+def _fit_warmup(cfg: TrainConfig, r: recipe.Recipe, from_recipe: bool) -> TrainConfig:
+    """An eps warm-up longer than the run never reaches eps: one given explicitly is refused,
+    the recipe's is scaled to the same fraction of this shorter run (with a warning)."""
+    if cfg.eps_warmup_epochs <= cfg.epochs:
+        return cfg
+    if not from_recipe:
+        raise ValueError(f"eps_warmup_epochs={cfg.eps_warmup_epochs:g} is longer than the run "
+                         f"(epochs={cfg.epochs}): eps would never reach {cfg.eps * 255:g}/255; "
+                         f"give at most {cfg.epochs} warm-up epochs")
+    scaled = r.eps_warmup_epochs * cfg.epochs / r.epochs
+    warnings.warn(f"the {cfg.dataset} recipe's eps warm-up ({r.eps_warmup_epochs:g} epochs of "
+                  f"{r.epochs}) is longer than this {cfg.epochs}-epoch run: eps is ramped over "
+                  f"the first {scaled:g} epochs instead (the same fraction of training)",
+                  stacklevel=3)
+    return replace(cfg, eps_warmup_epochs=scaled)
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -90,6 +128,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     cfg = replace(cfg, **filled)
     if cfg.device is None:
         cfg = replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
+    check_device(cfg.device)
     if cfg.model not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; choose one of {sorted(MODELS)}")
     if not (isinstance(cfg.eps, (int, float)) and 0 <= cfg.eps <= 1):
@@ -129,8 +168,15 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                          f"double-backpropagates; use plain (per-process) BatchNorm")
     if cfg.monitor_every < 0:
         raise ValueError(f"monitor_every must be >= 0, got {cfg.monitor_every}")
-    evaluation.parse_attacks(cfg.eval_attacks)
-    return cfg
+    if cfg.eps_warmup_epochs < 0:
+        raise ValueError(f"eps_warmup_epochs must be >= 0, got {cfg.eps_warmup_epochs}")
+    if evaluation.needs_torchattacks(evaluation.parse_attacks(cfg.eval_attacks)):
+        try:
+            evaluation.torchattacks()
+        except ImportError as e:
+            raise ImportError(f"{e}; or leave autoattack and square out of eval_attacks "
+                              f"(--eval-attacks clean,pgd-50-10)") from None
+    return _fit_warmup(cfg, r, "eps_warmup_epochs" in filled)
 
 
 def _seed_everything(seed: int) -> None:
@@ -184,6 +230,17 @@ def train(cfg: TrainConfig) -> dict:
         distributed.cleanup(info)
 
 
+def epoch_line(row: dict, epochs: int) -> str:
+    """One line summarising an epoch row of metrics.jsonl (the training averages and the
+    CO monitor's measurement)."""
+    co = "  <-- catastrophic overfitting" if row["co"] else ""
+    return (f"epoch {row['epoch']}/{epochs}: eps {row['eps'] * 255:g}/255, loss "
+            f"{row['train_loss']:.3f}, reg {row['train_reg']:.3f}, train acc "
+            f"{row['train_acc']:.3f} | monitor: clean {row['clean_acc']:.3f}, FGSM "
+            f"{row['fgsm_acc']:.3f}, PGD-10 {row['pgd_acc']:.3f}, grad align "
+            f"{row['grad_align']:.3f} | {row['epoch_time_s']:.1f}s{co}")
+
+
 class _Run:
     def __init__(self, cfg: TrainConfig, info: distributed.DistInfo):
         self.cfg, self.info = cfg, info
@@ -196,13 +253,7 @@ class _Run:
     # ------------------------------------------------------------------ set-up
     def _setup(self):
         cfg, dev = self.cfg, self.device
-        saved = None
-        if cfg.resume:
-            saved = checkpoint.read(self.ckpt_path)
-            checkpoint.check_same_run(saved["config"], asdict(cfg), self.ckpt_path)
-        elif self.ckpt_path.exists():
-            raise ValueError(f"{self.out} already holds a run (checkpoint.pt): resume it "
-                             f"(--resume) or choose another output directory")
+        saved = self._check_out_dir()
         _seed_everything(cfg.seed)
         net = checkpoint.model_from_config(asdict(cfg)).to(dev)
         self.train_set, monitor_set, self.test_set = _datasets(cfg)
@@ -236,13 +287,31 @@ class _Run:
                 self.log.keep_until(self.it)
         elif self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.log.clear()
-            (self.out / "best.pt").unlink(missing_ok=True)
             _write_json(self.out / "config.json", asdict(cfg))
         if self.info.enabled:  # same init everywhere (DDP broadcasts it), own noise per rank
             torch.manual_seed(cfg.seed + 1000 * self.info.rank)
         self.model = distributed.wrap(net, self.info, cfg.sync_bn)
         self.net = distributed.unwrap(self.model)
+
+    def _check_out_dir(self):
+        """The saved checkpoint of a resumed run (None for a new one). A new run refuses a
+        directory holding any run file; a finished run (final.json) is never resumed, so its
+        final.json is never rewritten."""
+        cfg, out = self.cfg, self.out
+        if (out / "final.json").exists():
+            raise ValueError(f"{out} holds a finished run (final.json); nothing is trained or "
+                             f"rewritten. To evaluate it otherwise: python -m gradalign_fast "
+                             f"eval --checkpoint {out}/checkpoint.pt --attacks ... --out FILE; "
+                             f"to train anew, choose another output directory")
+        if not cfg.resume:
+            found = [f for f in RUN_FILES if (out / f).exists()]
+            if found:
+                raise ValueError(f"{out} already holds a run ({', '.join(found)}): resume it "
+                                 f"(--resume) or choose another output directory")
+            return None
+        saved = checkpoint.read(self.ckpt_path)
+        checkpoint.check_same_run(saved["config"], asdict(cfg), self.ckpt_path)
+        return saved
 
     # ------------------------------------------------------------------ pieces
     def _measure(self, row: dict) -> bool:
@@ -349,6 +418,8 @@ class _Run:
             row, stopped = self._epoch(epoch)
             self.train_time += row["epoch_time_s"]
             stopped = self._measure(row) or stopped
+            if cfg.progress and self.info.is_main:
+                tqdm.write(epoch_line(row, cfg.epochs))
             epochs_done = epoch + 1
             self._save(epochs_done)
             if stopped:
@@ -357,18 +428,27 @@ class _Run:
             return {}
         return self._finish(epochs_done, stopped)
 
+    def _eps_max(self) -> float:
+        """The largest eps trained at: the ramp's value at the last iteration done."""
+        warmup = round(self.cfg.eps_warmup_epochs * len(self.loader))
+        return recipe.eps_at(max(self.it - 1, 0), warmup, self.cfg.eps)
+
     def _finish(self, epochs_done: int, stopped: bool) -> dict:
         cfg = self.cfg
         res = evaluation.evaluate(self.net, self.test_set, cfg.eps, cfg.eval_attacks,
                                   cfg.n_eval, device=self.device, seed=cfg.seed,
                                   progress=cfg.progress)
         co = self.monitor.co_event
+        eps_max = self._eps_max()
         final = {
             "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "eps": cfg.eps,
-            "eps_255": cfg.eps * 255, "lam": cfg.lam, "seed": cfg.seed,
+            "eps_255": cfg.eps * 255, "eps_max_trained": eps_max,
+            "eps_max_trained_255": eps_max * 255, "lam": cfg.lam, "seed": cfg.seed,
             "epochs_done": epochs_done, "iterations": self.it,
-            "accuracy": {k: v for k, v in res.items() if k not in ("n", "time_s")},
-            "n_eval": res["n"], "train_time_s": self.train_time, "eval_time_s": res["time_s"],
+            "accuracy": {s.name: res[s.name] for s in evaluation.parse_attacks(cfg.eval_attacks)},
+            "n_eval": res["n"], "eval_points": res["points"], "masking": res["masking"],
+            "gradient_masking": any(m["flag"] for m in res["masking"]),
+            "train_time_s": self.train_time, "eval_time_s": res["time_s"],
             "co": co is not None, "co_epoch": co["epoch"] if co else None,
             "stopped_on_co": stopped, "best_monitor_pgd_acc": self.monitor.best_pgd,
             "last_monitor": self.log.read()[-1], "out_dir": str(self.out),

@@ -7,6 +7,11 @@ import os
 
 from ..step_bench import BASELINE_FILE, QUICK, STEPS
 
+EXAMPLES = """examples:
+  python -m gradalign_fast bench --model mnist_cnn --batch-sizes 4 --reps 1 --warmup 0 \\
+      --steps gradalign,ga_every4
+"""
+
 RESULTS_DIR = os.path.join(os.path.dirname(BASELINE_FILE), "results")
 AMP = {"none": None, "bf16": "bfloat16", "fp16": "float16"}
 
@@ -17,21 +22,23 @@ def _csv(cast):
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", type=_csv(str), default=None,
-                        help="model name(s), comma-separated (default: preact_resnet18 on CUDA, "
-                             "preact_resnet18_narrow on CPU)")
+                        help="model name(s), comma-separated; None: preact_resnet18 on CUDA, "
+                             "preact_resnet18_narrow on CPU")
     parser.add_argument("--batch-sizes", type=_csv(int), default=None,
-                        help="comma-separated (default 32,128 on CPU; 128,256,512 on CUDA)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+                        help="comma-separated; None: 32,128 on CPU, 128,256,512 on CUDA")
+    parser.add_argument("--device", default=None, help="cpu or cuda; None: cuda if present")
     parser.add_argument("--reps", type=int, default=7, help="timed steps per variant (median)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     parser.add_argument("--steps", type=_csv(str), default=None,
-                        help="variants, comma-separated, of: " + ", ".join(v.name for v in STEPS))
+                        help="variants, comma-separated, of: " + ", ".join(v.name for v in STEPS)
+                        + "; None: all")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads while measuring (default 1: stable ratios on a "
+                        help="torch CPU threads while measuring (1: stable ratios on a "
                              "shared machine; 0: leave torch's setting)")
     parser.add_argument("--amp", choices=sorted(AMP), default="none",
                         help="autocast dtype for every variant alike")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="channels_last memory format for model and inputs")
     parser.add_argument("--quick", action="store_true",
                         help="MNIST CNN and narrow PreActResNet-18, batch 32, 5 reps "
                              "(~30 s on CPU)")
@@ -43,7 +50,10 @@ def add_arguments(parser) -> None:
 
 
 def _options(args, torch) -> dict:
+    from ...training.trainer import check_device
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
     opts = dict(device=device, reps=args.reps, warmup=args.warmup, steps=args.steps,
                 threads=args.threads,
                 channels_last=args.channels_last,

@@ -3,8 +3,11 @@
 Trains the MNIST CNN twice on real MNIST (the subset shipped in the package, or the full data
 with --dataset mnist --data-dir DIR) at the same eps: FGSM, then FGSM+GradAlign. Prints per
 epoch the clean / FGSM / PGD accuracy and the gradient alignment of the CO monitor, flags
-catastrophic overfitting where it happens, evaluates both with PGD-50-10, and ends with the
-step-time table of the bench (ratios to FGSM, measured in one run).
+catastrophic overfitting where it happens, evaluates both with PGD-50-10 (on --n-eval points)
+and with the worst case of PGD-50-10 and AutoAttack (AutoAttack on the PGD-robust points among
+the first --n-autoattack), flags possible gradient masking where PGD exceeds that worst case by
+more than 5 points, and ends with the step-time table of the bench (ratios to FGSM, measured in
+one run).
 """
 from __future__ import annotations
 
@@ -16,8 +19,13 @@ from pathlib import Path
 
 from ... import has_ops, ops_error
 from ...training.monitor import MetricsLog
-from ...training.trainer import USER_ERRORS, TrainConfig, train
-from .train import add_eps_arguments, eps_from_args
+from ...training.trainer import RUN_FILES, TrainConfig, train
+from .train import add_eps_arguments, eps_from_args, summary
+
+EXAMPLES = """examples:
+  python -m gradalign_fast demo --epochs 1 --n-train 256 --n-eval 20 --n-autoattack 10 \
+      --no-bench --out runs/example_demo
+"""
 
 # eps = 90/255 (about 0.35): with the MNIST recipe (SGD, cyclic lr, eps ramped over the first
 # half) FGSM and FGSM-RS overfit catastrophically at this radius, GradAlign (lambda = 2) does
@@ -32,12 +40,16 @@ def add_arguments(parser) -> None:
     a("--data-dir", default=None, help="for --dataset mnist: mnist.npz or torchvision's folder")
     add_eps_arguments(parser, f"{DEMO_EPS_255:g} (/255)")
     a("--lam", type=float, default=DEMO_LAM, help="GradAlign's lambda")
-    a("--epochs", type=int, default=8, help="eps is ramped up over the first half")
-    a("--n-train", type=int, default=None)
+    a("--epochs", type=int, default=8, help="training epochs; eps is ramped up over the first "
+      "half")
+    a("--n-train", type=int, default=None,
+      help="train on the first N training points; None: all but the monitor's 256")
     a("--n-eval", type=int, default=1000, help="test points of the final PGD-50-10 evaluation")
+    a("--n-autoattack", type=int, default=500,
+      help="AutoAttack (worst case with PGD-50-10) on the first N of the --n-eval points")
     a("--out", default="runs/demo", help="output directory (one run folder per method)")
-    a("--device", default=None)
-    a("--seed", type=int, default=0)
+    a("--device", default=None, help="cpu, cuda or cuda:N; None: cuda if available")
+    a("--seed", type=int, default=0, help="seed of the initialisation, data order and noise")
     a("--no-bench", action="store_true", help="skip the step-time table")
 
 
@@ -67,24 +79,27 @@ def _print_epochs(method: str, run_dir: Path) -> None:
               f"{r['pgd_acc']:>7.3f} {r['grad_align']:>10.3f}{flag}")
 
 
-def _summary(finals: dict) -> str:
-    lines = ["", f"{'method':<10} {'clean':>7} {'PGD-50-10':>10} {'CO':>12} {'train time':>11}"]
+def _summary(finals: dict, worst: str) -> str:
+    n_aa = next(iter(finals.values()))["eval_points"][worst]
+    head = f"PGD+AA (first {n_aa})"
+    lines = ["", f"{'method':<10} {'clean':>7} {'PGD-50-10':>10} {head:>20} {'CO':>12} "
+             f"{'train time':>11} {'masking?':>9}"]
     for method, f in finals.items():
         acc = f["accuracy"]
         co = f"epoch {f['co_epoch']:g}" if f["co"] else "none"
-        lines.append(f"{method:<10} {acc['clean']:>7.3f} {acc['pgd-50-10']:>10.3f} {co:>12} "
-                     f"{f['train_time_s']:>10.0f}s")
+        lines.append(f"{method:<10} {acc['clean']:>7.3f} {acc['pgd-50-10']:>10.3f} "
+                     f"{acc[worst]:>20.3f} {co:>12} {f['train_time_s']:>10.0f}s "
+                     f"{'YES' if f['gradient_masking'] else 'no':>9}")
+    lines.append(f"(PGD+AA: robust to PGD-50-10 and to AutoAttack, run on the PGD-robust points "
+                 f"only; PGD more than 5 points above it flags possible gradient masking)")
     return "\n".join(lines)
 
 
 def run(args) -> int:
-    try:
-        eps = eps_from_args(args.eps, args.eps_units)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    eps = eps_from_args(args.eps, args.eps_units)
     eps = DEMO_EPS_255 / 255 if eps is None else eps
     epochs = args.epochs
+    worst = f"pgd-50-10+autoattack@{args.n_autoattack}"
     print(f"gradalign_fast demo: FGSM vs FGSM+GradAlign on {args.dataset}, eps = {eps * 255:g}/255"
           f" ({eps:.3f}), {epochs} epochs; compiled ops: "
           f"{'yes' if has_ops() else 'NO (' + str(ops_error()) + ')'}")
@@ -93,18 +108,17 @@ def run(args) -> int:
         out = Path(args.out) / method
         cfg = TrainConfig(method=method, dataset=args.dataset, data_dir=args.data_dir, eps=eps,
                           lam=args.lam if method == "gradalign" else None, epochs=epochs,
-                          eps_warmup_epochs=epochs / 2,
-                          n_train=args.n_train, n_eval=args.n_eval, seed=args.seed,
-                          device=args.device, out_dir=str(out), monitor_every=0)
-        if (out / "checkpoint.pt").exists():  # the demo's own earlier output: start afresh
+                          eps_warmup_epochs=epochs / 2, n_train=args.n_train,
+                          n_eval=args.n_eval, eval_attacks=f"clean,pgd-50-10,{worst}",
+                          seed=args.seed, device=args.device, out_dir=str(out),
+                          monitor_every=0, progress=False)
+        if any((out / f).exists() for f in RUN_FILES):  # the demo's own earlier output
             shutil.rmtree(out)
-        try:
-            finals[method] = train(cfg)
-        except USER_ERRORS as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        print(f"\ntraining {method} -> {out} ...", flush=True)
+        finals[method] = train(cfg)
         _print_epochs(method, out)
-    print(_summary(finals))
+        print(summary(finals[method]))
+    print(_summary(finals, worst))
     from .plot import load_curves, plot_curves
     png = Path(args.out) / "fig_a.png"
     plot_curves([load_curves(Path(args.out) / m) for m in finals], png,

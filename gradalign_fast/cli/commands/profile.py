@@ -6,18 +6,23 @@ import os
 
 from .bench import RESULTS_DIR
 
+EXAMPLES = """examples:
+  python -m gradalign_fast profile --model mnist_cnn --batch-size 4 --steps 1 \\
+      --out-dir runs/example_profile
+"""
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="preact_resnet18_narrow")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--model", default="preact_resnet18_narrow", help="model name")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size of the step")
+    parser.add_argument("--device", default=None, help="cpu or cuda; None: cuda if present")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps (averaged)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--torch-2nd", action="store_true",
                         help="PyTorch's own second derivatives (fast_layers=False)")
     parser.add_argument("--out-dir", default=None,
-                        help="where the Chrome trace, bar chart and JSON go "
-                             "(default benchmarks/results/profile_<device>)")
+                        help="where the Chrome trace, bar chart and JSON go; None: "
+                             "benchmarks/results/profile_<device>")
 
 
 def run(args) -> int:
@@ -27,7 +32,10 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from ...training.trainer import check_device
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
     out_dir = args.out_dir or os.path.join(RESULTS_DIR, f"profile_{device.split(':')[0]}")
     os.makedirs(out_dir, exist_ok=True)
     trace = os.path.join(out_dir, "trace.json")

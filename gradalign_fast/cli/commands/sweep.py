@@ -3,29 +3,48 @@ then write OUT/results.csv, OUT/results.md and one Fig. A plot per eps (seed 0 o
 
     python -m gradalign_fast sweep --dataset mnist --data-dir ../shared/data \\
         --method fgsm --method gradalign:lam=1 --eps 64 --eps 76.5 --seeds 0,1,2 --out runs/s
+
+(the examples of `sweep --help`, below, are run by the tests)
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import fields
 from pathlib import Path
 
 from ...training.sweep import grid, run_grid, summarize, write_tables, markdown_table
-from ...training.trainer import USER_ERRORS, TrainConfig
+from ...training.trainer import TrainConfig
 from .train import eps_from_args
 
-# TrainConfig fields settable from the command line, with their types.
-_PASSTHROUGH = {"dataset": str, "data_dir": str, "model": str, "epochs": int,
-                "batch_size": int, "lr_max": float, "eps_warmup_epochs": float,
-                "n_train": int, "n_eval": int, "eval_attacks": str, "device": str,
-                "monitor_every": int, "lam": float}
+EXAMPLES = """examples:
+  python -m gradalign_fast sweep --method fgsm --method gradalign:lam=1:fraction=0.25 \\
+      --eps 76.5 --seeds 0 --epochs 1 --n-train 256 --n-eval 20 --eval-attacks clean,pgd-3-1 \\
+      --out runs/example_sweep
+"""
+
+# TrainConfig fields settable from the command line: their types and help texts.
+_PASSTHROUGH = {
+    "dataset": (str, "mnist_subset (shipped), mnist, cifar10, svhn, imagenet"),
+    "data_dir": (str, "where the dataset's files are (not for mnist_subset)"),
+    "model": (str, "None: the dataset's"),
+    "epochs": (int, "training epochs; None: the dataset's recipe"),
+    "batch_size": (int, "batch size; None: the recipe's"),
+    "lr_max": (float, "peak of the cyclic learning rate; None: the recipe's"),
+    "eps_warmup_epochs": (float, "eps ramp length; None: the recipe's"),
+    "n_train": (int, "train on the first N training points; None: all but the monitor's"),
+    "n_eval": (int, "final evaluation on the first N test points"),
+    "eval_attacks": (str, "attack specs of the final evaluation (see `train --help`)"),
+    "device": (str, "cpu, cuda or cuda:N; None: cuda if available"),
+    "monitor_every": (int, "CO-monitor period in iterations (0: epoch ends only)"),
+    "lam": (float, "lambda of the lam methods without lam= in --method"),
+}
 
 
 def add_passthrough(parser) -> None:
     """The TrainConfig options of _PASSTHROUGH, with TrainConfig's defaults."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}
-    for name, typ in _PASSTHROUGH.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=typ, default=defaults[name])
+    for name, (typ, text) in _PASSTHROUGH.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=typ, default=defaults[name],
+                            help=text)
 
 
 def passthrough_config(args) -> TrainConfig:
@@ -36,13 +55,17 @@ def passthrough_config(args) -> TrainConfig:
 def add_arguments(parser) -> None:
     a = parser.add_argument
     a("--method", action="append", required=True,
-      help="method[:key=value...], repeatable; e.g. fgsm, gradalign:lam=1, gradalign:rho=0.25")
-    a("--eps", action="append", type=float, required=True, help="/255 units, repeatable")
-    a("--eps-units", choices=("255", "unit"), default="255")
+      help="method[:key=value...], repeatable; e.g. fgsm, gradalign:lam=1, "
+           "gradalign:fraction=0.25 (lam and the method's options, see GradAlignLoss)")
+    a("--eps", action="append", type=float, required=True,
+      help="L-inf radius in /255 units, repeatable")
+    a("--eps-units", choices=("255", "unit"), default="255",
+      help="'unit' to give --eps in [0, 1] input units instead")
     a("--seeds", default="0,1,2", help="comma-separated seeds")
-    a("--out", default="runs/sweep")
+    a("--out", default="runs/sweep",
+      help="output directory: one run directory per (method, eps, seed), results.csv/.md")
     add_passthrough(parser)
-    a("--no-plots", action="store_true")
+    a("--no-plots", action="store_true", help="no Fig. A plots")
     a("--report-only", action="store_true",
       help="train nothing: the table and plots of the runs of the grid that have finished")
     a("--reference", default=None, metavar="METHOD",
@@ -52,18 +75,16 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    eps = [eps_from_args(e, args.eps_units) for e in args.eps]
     try:
-        eps = [eps_from_args(e, args.eps_units) for e in args.eps]
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        runs = grid(args.method, eps, seeds)
-        base = passthrough_config(args)
-        finals = run_grid(runs, base, args.out, train_missing=not args.report_only)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: give comma-separated integers") from None
+    runs = grid(args.method, eps, seeds)
+    finals = run_grid(runs, passthrough_config(args), args.out,
+                      train_missing=not args.report_only)
     if not finals:
-        print("error: no finished run in the grid", file=sys.stderr)
-        return 2
+        raise ValueError("no finished run in the grid")
     rows = summarize(finals)
     csv_path, md_path = write_tables(rows, args.out)
     print(markdown_table(rows))
@@ -71,11 +92,7 @@ def run(args) -> int:
     if args.reference is not None:
         from ...training.study import compare, markdown
 
-        try:
-            table = markdown(compare(finals, args.reference), args.reference)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        table = markdown(compare(finals, args.reference), args.reference)
         (Path(args.out) / "comparison.md").write_text(table + "\n")
         print(f"\n{table}\nwrote {Path(args.out) / 'comparison.md'}")
     if not args.no_plots:
