@@ -53,20 +53,31 @@ def _compiled_module(model):
     return next((m for m in model.modules() if hasattr(m, "_orig_mod")), None)
 
 
-def _probe_double_backward(value: torch.Tensor, model) -> None:
-    """Runs the parameter gradient of `value` (a double backward) once, keeping the graph, and
-    turns torch.compile's failure there into COMPILE_MESSAGE (a compiled function inside the
-    model that _compiled_module cannot see)."""
-    params = [p for p in model.parameters() if p.requires_grad] \
-        if isinstance(model, nn.Module) else []
-    if not params or not value.requires_grad:
-        return
+# What torch.compile'd code raises where GradAlign differentiates it twice: at the input
+# gradient with create_graph (donated buffers) or at the parameter gradient (no double backward).
+_COMPILE_ERRORS = ("double backward", "donated buffer")
+
+
+@contextlib.contextmanager
+def _compile_errors_explained():
+    """Turns torch.compile's failures to double-backward into COMPILE_MESSAGE (compiled code
+    inside the model that _compiled_module cannot see)."""
     try:
-        torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+        yield
     except RuntimeError as e:
-        if "double backward" in str(e):
+        if any(k in str(e) for k in _COMPILE_ERRORS):
             raise RuntimeError(COMPILE_MESSAGE) from e
         raise
+
+
+def _probe_double_backward(value: torch.Tensor, model) -> None:
+    """Runs the parameter gradient of `value` (a double backward) once, keeping the graph, so
+    that compiled code fails here, explained, rather than in the caller's backward."""
+    params = [p for p in model.parameters() if p.requires_grad] \
+        if isinstance(model, nn.Module) else []
+    if params and value.requires_grad:
+        with _compile_errors_explained():
+            torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
 
 
 class GradAlignLoss(nn.Module):
@@ -200,7 +211,8 @@ class GradAlignLoss(nn.Module):
             self.fast_layers and _fast_layers_pay(model)) else None
         with _phase(PHASES[0]), fdb or contextlib.nullcontext():
             loss = model_loss(model, x_noisy, y, self.loss_fn, "GradAlignLoss")
-        with _phase(PHASES[1]), fdb.input_grad_only() if fdb else contextlib.nullcontext():
+        with _phase(PHASES[1]), fdb.input_grad_only() if fdb else contextlib.nullcontext(), \
+                _compile_errors_explained():
             (grad_noisy,) = torch.autograd.grad(loss, x_noisy, create_graph=True)
         # grad_noisy: [b, ...]; cos, norms: [b] (float32, or float64 for float64 gradients)
         with _phase(PHASES[2]):

@@ -553,4 +553,5 @@ def test_a_compiled_function_inside_the_model_fails_clearly_at_the_first_call():
     x, y = _xy()
     with pytest.raises(RuntimeError, match=r"torch\.compile cannot double-backward") as e:
         GradAlignLoss(0.1, 1.0)(Hidden(), x, y)
-    assert "does not currently support double backward" in str(e.value.__cause__)
+    # torch's own words, from the input gradient (donated buffers) or the double backward
+    assert re.search("donated buffer|double backward", str(e.value.__cause__))

@@ -95,8 +95,8 @@ def test_fidelity_refuses_modes_without_a_regulariser(tmp_path, capsys):
             "--batch-size", "64", "--eps", "76.5", "--lam", "1", "--snapshot-every", "2",
             "--eval-attacks", "clean", "--n-eval", "32", "--draws", "2", "--ref-draws", "2",
             "--batch", "8", "--mode", "fgsm_rs"]
-    assert main(args) == 2
-    assert "has no regulariser" in capsys.readouterr().err
+    assert main(args) == 1
+    assert "error: mode 'fgsm_rs': method 'fgsm_rs' has no regulariser" in capsys.readouterr().err
 
 
 def test_seeds_are_paired_across_methods(tmp_path):
