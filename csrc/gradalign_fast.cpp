@@ -28,7 +28,9 @@ TORCH_LIBRARY(gradalign_fast, m) {
   // Per-sample cosine of two gradient batches a, b of shape [B, ...]:
   //   cos[i] = <a_i, b_i> / (|a_i| |b_i|), and 0 where |a_i| = 0 or |b_i| = 0.
   // Returns (cos, norm_a, norm_b), each [B] in the accumulation dtype (float for
-  // float/half/bfloat16 inputs, double for double).
+  // float/half/bfloat16 inputs, double for double). A norm is 0 when the sum of squares is 0
+  // in the kernel's accumulator: double on CPU and float on CUDA for float inputs, so a float
+  // sample with |a_i| below ~1e-19 is left out on CUDA but not on CPU.
   m.def("cosine(Tensor a, Tensor b) -> (Tensor, Tensor, Tensor)");
   // Gradient of sum_i grad_cos[i] * cos[i] with respect to `a` (call with a and b swapped for
   // the gradient with respect to b):

@@ -1,7 +1,11 @@
 // Argument checks shared by the CPU and CUDA kernels, with messages that name the argument.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <limits>
 
 namespace gradalign_fast {
 
@@ -74,10 +78,24 @@ inline void check_attack_inputs(const at::Tensor& x, const at::Tensor& delta,
   TORCH_CHECK(lo <= hi, op, ": input box needs lo <= hi, got lo=", lo, " hi=", hi);
 }
 
+// The largest finite value of a kernel dtype (is_kernel_dtype).
+inline double max_finite(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return std::numeric_limits<double>::max();
+    case at::kFloat: return std::numeric_limits<float>::max();
+    case at::kHalf: return static_cast<double>(std::numeric_limits<c10::Half>::max());
+    default: return static_cast<double>(std::numeric_limits<c10::BFloat16>::max());
+  }
+}
+
 inline void check_random_delta_inputs(const at::Tensor& x, double radius, double lo, double hi) {
   const char* op = "gradalign_fast::random_delta";
   check_float_tensor(x, op, "x");
   TORCH_CHECK(radius >= 0, op, ": `radius` must be >= 0, got ", radius);
+  // The draw spans 2 * radius: finite in x's dtype, as uniform_ requires (else inf - inf = NaN).
+  TORCH_CHECK(2 * radius <= max_finite(x.scalar_type()), op, ": 2 * `radius` must be <= the "
+              "largest ", x.scalar_type(), " (", max_finite(x.scalar_type()), "), got radius=",
+              radius);
   TORCH_CHECK(lo <= hi, op, ": input box needs lo <= hi, got lo=", lo, " hi=", hi);
 }
 

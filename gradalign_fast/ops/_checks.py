@@ -91,6 +91,10 @@ def check_random_delta_inputs(x, radius, lo, hi) -> None:
     op = "gradalign_fast::random_delta"
     check_float_tensor(x, op, "x")
     torch._check(radius >= 0, lambda: f"{op}: `radius` must be >= 0, got {_num(radius)}")
+    big = torch.finfo(x.dtype).max
+    torch._check(2 * radius <= big, lambda: (
+        f"{op}: 2 * `radius` must be <= the largest {_name(x.dtype)} ({_num(big)}), got "
+        f"radius={_num(radius)}"))
     _check_box(lo, hi, op)
 
 
