@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gradalign_fast.cli import COMMANDS, HelpFormatter, main, make_parser
+from gradalign_fast.cli import COMMANDS, main, make_parser
 from test_trainer import one_thread  # noqa: F401 (autouse: one CPU thread per test)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +75,8 @@ def test_the_toolkit_python_api_example_runs(tmp_path, monkeypatch):
     scope = {}
     exec(compile(_python_block(ROOT / "docs" / "toolkit.md", "## Python API"), "toolkit.md",
                  "exec"), scope)
-    assert scope["final"]["epochs_done"] == 1 and (tmp_path / "runs" / "api_ga" / "best.pt").exists()
+    assert scope["final"]["epochs_done"] == 1
+    assert (tmp_path / "runs" / "api_ga" / "best.pt").exists()
     assert 0 <= scope["res"]["pgd-5-2"] <= scope["res"]["clean"] <= 1
 
 

@@ -6,7 +6,6 @@ wrong value."""
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings, strategies as st  # noqa: E402
