@@ -59,6 +59,14 @@ def test_sweep_end_to_end_and_resumable(tmp_path, capsys):
     stamps = [f.stat().st_mtime_ns for f in finals]
     assert main(args) == 0
     assert [f.stat().st_mtime_ns for f in finals] == stamps
+    # a run interrupted before its first checkpoint starts again
+    seed1 = tmp_path / "fgsm" / "eps76.5" / "seed1"
+    for f in ("checkpoint.pt", "best.pt", "final.json"):
+        (seed1 / f).unlink()
+    assert main(args) == 0
+    assert "seed1: interrupted before its first checkpoint" in capsys.readouterr().out
+    assert (seed1 / "final.json").exists()
+    finals = sorted(tmp_path.rglob("final.json"))
     # a report of what exists trains nothing new
     assert main(args[:-len(TINY)] + ["--seeds", "0,1,5", "--report-only", *TINY]) == 0
     assert sorted(tmp_path.rglob("final.json")) == finals

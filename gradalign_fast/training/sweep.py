@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .study import COLLAPSED, collapsed
-from .trainer import TrainConfig, train
+from .trainer import RUN_FILES, TrainConfig, train
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,18 @@ def _config(base: TrainConfig, run: RunSpec, out: Path) -> TrainConfig:
                    method_options=opts, out_dir=str(run.run_dir(out)), progress=False)
 
 
+def _drop_unresumable(run_dir: Path, bar) -> None:
+    """Removes the files of a run interrupted before its first checkpoint (nothing to resume;
+    a new run refuses a directory holding them), saying so."""
+    if (run_dir / "checkpoint.pt").exists():
+        return
+    found = [run_dir / f for f in RUN_FILES if (run_dir / f).exists()]
+    for f in found:
+        f.unlink()
+    if found:
+        bar.write(f"{run_dir}: interrupted before its first checkpoint; starting it again")
+
+
 def run_grid(runs: list[RunSpec], base: TrainConfig, out, progress: bool = True,
              train_missing: bool = True) -> list[dict]:
     """Trains (or reads back) every run; returns their final.json dicts, with 'label' added.
@@ -92,6 +104,7 @@ def run_grid(runs: list[RunSpec], base: TrainConfig, out, progress: bool = True,
         elif not train_missing:
             continue
         else:
+            _drop_unresumable(d, bar)
             cfg = replace(_config(base, run, out), resume=(d / "checkpoint.pt").exists())
             final = train(cfg)
         finals.append({**final, "label": run.method.label, "run_dir": str(d)})

@@ -90,8 +90,8 @@ def _summary(finals: dict, worst: str) -> str:
         lines.append(f"{method:<10} {acc['clean']:>7.3f} {acc['pgd-50-10']:>10.3f} "
                      f"{acc[worst]:>20.3f} {co:>12} {f['train_time_s']:>10.0f}s "
                      f"{'YES' if f['gradient_masking'] else 'no':>9}")
-    lines.append(f"(PGD+AA: robust to PGD-50-10 and to AutoAttack, run on the PGD-robust points "
-                 f"only; PGD more than 5 points above it flags possible gradient masking)")
+    lines.append("(PGD+AA: robust to PGD-50-10 and to AutoAttack, run on the PGD-robust points "
+                 "only; PGD more than 5 points above it flags possible gradient masking)")
     return "\n".join(lines)
 
 
