@@ -8,6 +8,7 @@
 # With a GPU the kernels are built for its architecture only (setup.py), unless
 # TORCH_CUDA_ARCH_LIST is set.
 #
+# `bash scripts/setup.sh --dry-run` prints the choice and the requirements, and installs nothing.
 # Quick to run again: pip runs only when a pin is not met, the editable install only when the
 # project's metadata changed, and the build is incremental (ninja; objects kept in build/).
 set -euo pipefail
@@ -22,16 +23,19 @@ if compgen -G '/dev/nvidia[0-9]*' >/dev/null; then GPU="/dev/nvidia*"; fi
 if [[ -z $GPU ]] && command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
   GPU="nvidia-smi"
 fi
-NVCC=""
-for c in "${CUDA_HOME:+$CUDA_HOME/bin/nvcc}" "$(command -v nvcc || true)" /usr/local/cuda/bin/nvcc; do
-  if [[ -n $c && -x $c ]]; then NVCC=$c; break; fi
+# The toolkit: $CUDA_HOME, /usr/local/cuda, else the folder above the nvcc on PATH where it has
+# the CUDA headers (an nvcc on PATH may be a wrapper script in /usr/local/bin).
+NVCC="" CUDA_DIR=""
+for d in "${CUDA_HOME:-}" /usr/local/cuda "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /nonexistent)")")")"; do
+  if [[ -n $d && -x $d/bin/nvcc ]]; then NVCC=$d/bin/nvcc CUDA_DIR=$d; break; fi
 done
+if [[ -z $NVCC ]] && command -v nvcc >/dev/null; then NVCC=$(command -v nvcc); fi
 REQS=build/requirements-setup.txt
 if [[ -n ${GRADALIGN_TORCH:-} ]]; then
   TORCH_SPEC=$GRADALIGN_TORCH
   WHY="GRADALIGN_TORCH"
 elif [[ -n $GPU || -n $NVCC ]]; then
-  TORCH_SPEC=$(grep -E '^(torch|torchvision)==' requirements.txt | tr '\n' ' ')
+  TORCH_SPEC=$(grep -E '^(torch|torchvision)==' requirements.txt | paste -sd' ')
   WHY="CUDA build: ${GPU:+NVIDIA GPU ($GPU)}${GPU:+${NVCC:+, }}${NVCC:+CUDA toolkit ($NVCC)}"
 else
   TORCH_SPEC=$(sed -n 's/^# cpu-torch: *//p' requirements.txt)
@@ -40,7 +44,8 @@ fi
 { grep -v -E '^(torch|torchvision)==' requirements.txt; tr ' ' '\n' <<<"$TORCH_SPEC"; } \
   | grep -v -E '^\s*(#|$)' > "$REQS"
 NODEPS=$(sed -n 's/^# no-deps: *//p' requirements.txt)
-echo "set-up: torch $TORCH_SPEC($WHY)"
+echo "set-up: torch $TORCH_SPEC ($WHY)"
+if [[ ${1:-} == --dry-run ]]; then cat "$REQS"; echo "no-deps: $NODEPS"; exit 0; fi
 
 # ------------------------------------------------------------------ dependencies
 # pip only when an installed version misses a pin (pip itself takes ~10 s to find that out).
@@ -73,7 +78,7 @@ PYEOF
 fi
 
 # ------------------------------------------------------------------ the compiled ops
-if [[ -z ${CUDA_HOME:-} && -n $NVCC ]]; then export CUDA_HOME=$(dirname "$(dirname "$NVCC")"); fi
+if [[ -z ${CUDA_HOME:-} && -n $CUDA_DIR ]]; then export CUDA_HOME=$CUDA_DIR; fi
 # In place, objects in build/temp-*: ninja recompiles only what changed.
 "$PY" setup.py -q build_ext --inplace
 # The editable install (imports from anywhere, the gradalign-fast command) only when it is
