@@ -17,6 +17,7 @@ COMMANDS = {
     "sweep": "train and evaluate a grid of (method, eps, seed); one results table",
     "bench": "median step time of each method and GradAlign mode, ratios to FGSM",
     "profile": "time and memory of each phase of one GradAlign step (trace + bar chart)",
+    "info": "versions, build (torch, CUDA, archs), kernels per device, and a self-check",
 }
 
 
