@@ -114,3 +114,75 @@ def test_fallback_is_announced_and_matches():
     b = torch.randn(3, 4, dtype=torch.float64)
     torch.testing.assert_close(torch.tensor(eval(out.stdout.strip()), dtype=torch.float64),
                                gf.ops.cosine(a, b)[0], rtol=1e-12, atol=1e-12)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUTSIDE_CHECK = """
+import importlib.resources, os, sys, torch, torch.nn as nn
+import gradalign_fast as gf
+root, target = sys.argv[1], sys.argv[2]
+assert os.path.realpath(gf.__file__).startswith(os.path.realpath(target)), gf.__file__
+assert not any(os.path.realpath(p or '.') == os.path.realpath(root) for p in sys.path), sys.path
+assert gf.has_ops(), gf.ops_error()
+from gradalign_fast._build_info import BUILD_INFO
+assert BUILD_INFO['torch_version'] == torch.__version__, BUILD_INFO
+data = importlib.resources.files('gradalign_fast.training') / 'data' / 'mnist_subset.npz'
+assert data.is_file(), data
+torch.manual_seed(0)
+model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(4 * 6 * 6, 10))
+x, y = torch.rand(5, 1, 8, 8), torch.randint(0, 10, (5,))
+reg = gf.GradAlignLoss(eps=0.1, lam=1.0)(model, x, y)
+reg.backward()
+assert torch.isfinite(reg) and all(p.grad is not None for p in model.parameters())
+print('ok', gf.__file__, float(reg))
+"""
+
+
+def _pip(*args, cwd=ROOT):
+    out = subprocess.run([sys.executable, "-m", "pip", *args], cwd=cwd, capture_output=True,
+                         text=True, timeout=1800)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def test_wheel_and_non_editable_install(tmp_path):
+    """`pip wheel --no-build-isolation .` and `pip install --no-build-isolation .` (not
+    editable): the wheel holds the compiled ops, the build info, the packaged MNIST subset and
+    the license, with complete metadata; the install imports and runs from outside the source
+    tree. The objects in build/ are up to date after the set-up, so nothing is recompiled."""
+    if os.environ.get("GRADALIGN_FAST_REQUIRE_OPS") != "1":
+        pytest.skip("only after the README set-up (builds from its objects in build/)")
+    import email.parser
+    import zipfile
+
+    _pip("wheel", "--no-build-isolation", "--no-deps", "-q", "-w", str(tmp_path / "dist"), ".")
+    (wheel,) = (tmp_path / "dist").glob("gradalign_fast-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        meta_name = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        meta = email.parser.Parser().parsestr(z.read(meta_name).decode())
+    for want in ("gradalign_fast/training/data/mnist_subset.npz", "gradalign_fast/_build_info.py",
+                 "gradalign_fast/cli/commands/info.py", "gradalign_fast/testing/__init__.py"):
+        assert want in names, want
+    assert any(n.startswith("gradalign_fast/_C.") and n.endswith(".so") for n in names)
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
+    assert meta["Name"] == "gradalign_fast" and meta["Version"] == gf.__version__
+    assert meta["License-Expression"] == "BSD-3-Clause"
+    assert meta["Requires-Python"] == ">=3.10"
+    requires = meta.get_all("Requires-Dist")
+    for dep in ("torch>=2.4", "numpy>=1.22", "tqdm>=4.60", "matplotlib>=3.5"):
+        assert dep in requires, requires
+    assert any(u.startswith("Paper, https://arxiv.org/abs/2007.02617")
+               for u in meta.get_all("Project-URL")), meta.get_all("Project-URL")
+    assert len(meta.get_all("Classifier")) >= 5
+
+    target = tmp_path / "site"
+    _pip("install", "--no-build-isolation", "--no-deps", "--no-compile", "-q", "--target",
+         str(target), ".")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(target)
+    out = subprocess.run([sys.executable, "-c", OUTSIDE_CHECK, ROOT, str(target)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith("ok " + str(target))

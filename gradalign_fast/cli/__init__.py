@@ -22,6 +22,7 @@ COMMANDS = {
     "fidelity": "gradient fidelity of approximate regularisers along an exact-GradAlign run",
     "bench": "median step time of each method and GradAlign mode, ratios to FGSM",
     "profile": "time and memory of each phase of one GradAlign step (trace + bar chart)",
+    "info": "versions, build (torch, CUDA, archs), kernels per device, and a self-check",
 }
 TRACEBACK_ENV = "GRADALIGN_FAST_TRACEBACK"  # =1: show the traceback of an internal error
 
