@@ -14,7 +14,7 @@ from gradalign_fast import GradAlignLoss, ops  # noqa: E402
 from gradalign_fast.ops import reference  # noqa: E402
 from gradalign_fast.testing import authors_reference  # noqa: E402
 
-from conftest import layouts  # noqa: E402
+from op_samples import layouts  # noqa: E402
 
 FAST = settings(max_examples=40, deadline=None)
 FLOATS = [torch.float32, torch.float64]
