@@ -51,6 +51,8 @@ def test_verdict_rules_are_applied_in_order():
     assert _verdict(ref, [a + 0.10 for a in ref])[0] == "better"
     assert _verdict(ref, [0.01, 0.02, 0.0, 0.03, 0.45])[0] == "collapses more"
     assert _verdict(ref, [0.30, 0.52, 0.28, 0.51, 0.40])[0] == "inconclusive"
+    assert _verdict(ref[:4], [a + 0.01 for a in ref[:4]])[0] == "too few seeds"
+    assert _verdict(ref[:4], [0.0, 0.01, 0.02, 0.0])[0] == "collapses more"  # p = 0.014
     verdict, rows = _verdict(ref, ref)
     assert rows["exact"]["verdict"] == "reference"
     assert rows["mode"]["primary"] == "autoattack"

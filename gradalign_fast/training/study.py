@@ -10,9 +10,10 @@ Rules (docs/results.md, "Verdict rules", fixed before the runs):
 * verdict, first rule that applies:
   1. "collapses more": the method collapses more often than the reference (one-sided Fisher
      exact test, p < 0.05);
-  2. "equivalent": the interval of the primary difference lies within +-MARGIN;
-  3. "worse" / "better": the interval lies entirely below / above 0;
-  4. "inconclusive": none of these (the seeds do not resolve the difference).
+  2. "too few seeds": fewer than MIN_SEEDS paired seeds (no claim below rests on them);
+  3. "equivalent": the interval of the primary difference lies within +-MARGIN;
+  4. "worse" / "better": the interval lies entirely below / above 0;
+  5. "inconclusive": none of these (the seeds do not resolve the difference).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .stats import bootstrap_mean_ci, fisher_greater, wilson
 COLLAPSED = 0.05
 MARGIN = 0.03  # equivalence margin on the primary accuracy (3 points)
 P_COLLAPSE = 0.05
+MIN_SEEDS = 5  # paired seeds needed for rules 3-5
 
 
 def primary_attack(final: dict) -> str:
@@ -37,10 +39,12 @@ def collapsed(final: dict) -> bool:
     return final["accuracy"][primary_attack(final)] < COLLAPSED
 
 
-def verdict(diff_ci: tuple[float, float], p_collapse: float) -> str:
+def verdict(diff_ci: tuple[float, float], p_collapse: float, paired: int) -> str:
     lo, hi = diff_ci
     if p_collapse < P_COLLAPSE:
         return "collapses more"
+    if paired < MIN_SEEDS:
+        return "too few seeds"
     if -MARGIN <= lo and hi <= MARGIN:
         return "equivalent"
     if hi < 0:
@@ -84,7 +88,7 @@ def compare(finals: list[dict], reference: str) -> list[dict]:
                      for s in paired])
         d = row["diff"].get(row["primary"])
         row["verdict"] = ("reference" if label == reference else
-                          verdict(d[1:], row["p_collapse_more"]) if d else "no paired seeds")
+                          verdict(d[1:], row["p_collapse_more"], len(paired)) if d else "no paired seeds")
         rows.append(row)
     return rows
 
