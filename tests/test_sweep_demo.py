@@ -102,7 +102,7 @@ def test_demo_runs_and_flags(tmp_path, capsys):
     assert main(["demo", "--epochs", "1", "--n-train", "256", "--n-eval", "16", "--no-bench",
                  "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "fgsm: per epoch" in out and "gradalign: per epoch" in out
+    assert all(f"{m}: per epoch" in out for m in ("fgsm", "fgsm_rs", "gradalign"))
     assert "PGD-50-10" in out and "PGD+AA (first 16)" in out and "masking?" in out
     assert (tmp_path / "fig_a.png").exists()
     final = json.loads((tmp_path / "gradalign" / "final.json").read_text())
