@@ -76,3 +76,12 @@ def test_profile_phases_and_command(tmp_path, capsys):
     trace = json.loads((tmp_path / "trace.json").read_text())
     assert any(e.get("name") == "gradalign: double backward" for e in trace["traceEvents"])
     assert (tmp_path / "phases.png").stat().st_size > 1000
+
+
+def test_ratio_plot_takes_every_variant(tmp_path):
+    from gradalign_fast.cli.commands.bench import plot_ratios
+
+    rows = [{"model": "mnist_cnn", "batch": b, "step": v.name, "ratio": 1.0 + i / 10}
+            for i, v in enumerate(bench.STEPS) for b in (32, 128)]
+    plot_ratios(rows, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 1000

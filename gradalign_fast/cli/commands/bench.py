@@ -81,7 +81,8 @@ def plot_ratios(rows, path) -> None:
 
     model_names = list(dict.fromkeys(r["model"] for r in rows))
     steps = [s for s in dict.fromkeys(r["step"] for r in rows) if s != "fgsm"]
-    colors = dict(zip(steps, plt.get_cmap("tab10").colors))
+    cmap = plt.get_cmap("tab20")  # 20 colours, cycled: STEPS has more than 10 variants
+    colors = {step: cmap(i % cmap.N) for i, step in enumerate(steps)}
     fig, axes = plt.subplots(1, len(model_names), figsize=(5.5 * len(model_names), 4.5),
                              squeeze=False)
     for ax, model in zip(axes[0], model_names):
