@@ -110,3 +110,10 @@ def test_demo_runs_and_flags(tmp_path, capsys):
     assert final["eval_points"]["pgd-50-10+autoattack@500"] == 16
     assert main(["demo", "--eps", "0.3", "--out", str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith("error: --eps 0.3 looks like [0, 1] units")
+
+
+def test_demo_bench_steps_are_bench_variants():
+    from gradalign_fast.cli.commands.demo import DEMO_BENCH_STEPS
+    from gradalign_fast.cli.step_bench import STEPS
+
+    assert set(DEMO_BENCH_STEPS) <= {v.name for v in STEPS}
