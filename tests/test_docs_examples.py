@@ -15,7 +15,7 @@ from test_trainer import one_thread  # noqa: F401 (autouse: one CPU thread per t
 
 ROOT = Path(__file__).resolve().parent.parent
 # train first: the other commands' examples read its run directories
-ORDER = ["train", "eval", "plot", "sweep", "demo", "bench", "profile"]
+ORDER = ["train", "eval", "plot", "sweep", "fidelity", "demo", "bench", "profile", "info"]
 
 
 def _examples(text: str) -> list[list[str]]:

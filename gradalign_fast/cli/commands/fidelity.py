@@ -42,7 +42,7 @@ def add_arguments(parser) -> None:
       help="iteration at which FGSM overfits catastrophically in the same set-up (marked)")
     add_eps_arguments(parser, "the dataset's recipe")
     a("--snapshot-every", type=int, default=50, help="iterations between snapshots")
-    a("--seed", type=int, default=0)
+    a("--seed", type=int, default=0, help="seed of the trajectory run and of the draws")
     add_passthrough(parser)
 
 

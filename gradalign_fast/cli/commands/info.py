@@ -33,6 +33,11 @@ TOL = {"float32": 1e-4, "float64": 1e-10}
 GRADALIGN_TOL = 1e-8  # GradAlignLoss vs the authors' formulation, both float64
 
 
+EXAMPLES = """examples:
+  python -m gradalign_fast info
+  python -m gradalign_fast info --json
+"""
+
 def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--no-check", action="store_true",
