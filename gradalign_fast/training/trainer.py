@@ -302,7 +302,8 @@ class _Run:
                              f"to train anew, choose another output directory")
         if not cfg.resume:
             found = [f for f in RUN_FILES if (out / f).exists()]
-            if found:
+            # rank 0's view, taken before it writes config.json, decides for every process
+            if distributed.broadcast_flag(bool(found), self.info, self.device):
                 raise ValueError(f"{out} already holds a run ({', '.join(found)}): resume it "
                                  f"(--resume) or choose another output directory")
             return None
