@@ -125,7 +125,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     cfg = replace(cfg, **filled)
     if cfg.device is None:
         cfg = replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
-    check_device(cfg.device)
     if cfg.model not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; choose one of {sorted(MODELS)}")
     if not (isinstance(cfg.eps, (int, float)) and 0 <= cfg.eps <= 1):
@@ -163,6 +162,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"sync_bn does not work with {cfg.method!r}: torch's SyncBatchNorm "
                          f"backward is not twice differentiable, and {cfg.method} "
                          f"double-backpropagates; use plain (per-process) BatchNorm")
+    check_device(cfg.device)  # after sync_bn's checks: they say more than "no GPU"
     if cfg.monitor_every < 0:
         raise ValueError(f"monitor_every must be >= 0, got {cfg.monitor_every}")
     if cfg.eps_warmup_epochs < 0:
