@@ -128,7 +128,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     cfg = replace(cfg, **filled)
     if cfg.device is None:
         cfg = replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
-    check_device(cfg.device)
     if cfg.model not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; choose one of {sorted(MODELS)}")
     if not (isinstance(cfg.eps, (int, float)) and 0 <= cfg.eps <= 1):
@@ -166,6 +165,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"sync_bn does not work with {cfg.method!r}: torch's SyncBatchNorm "
                          f"backward is not twice differentiable, and {cfg.method} "
                          f"double-backpropagates; use plain (per-process) BatchNorm")
+    check_device(cfg.device)  # after sync_bn's checks: they say more than "no GPU"
     if cfg.monitor_every < 0:
         raise ValueError(f"monitor_every must be >= 0, got {cfg.monitor_every}")
     if cfg.eps_warmup_epochs < 0:
@@ -305,7 +305,8 @@ class _Run:
                              f"to train anew, choose another output directory")
         if not cfg.resume:
             found = [f for f in RUN_FILES if (out / f).exists()]
-            if found:
+            # rank 0's view, taken before it writes config.json, decides for every process
+            if distributed.broadcast_flag(bool(found), self.info, self.device):
                 raise ValueError(f"{out} already holds a run ({', '.join(found)}): resume it "
                                  f"(--resume) or choose another output directory")
             return None
