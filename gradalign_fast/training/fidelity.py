@@ -201,6 +201,9 @@ def plot(result: dict, path, co_iteration: int | None = None) -> None:
         if co_iteration is not None:
             ax.axvline(co_iteration, color="red", ls="--", lw=1, label="FGSM's CO")
     axes[1].axhline(1.0, color="gray", lw=0.8)
+    # a different regulariser can be off by orders of magnitude: log scales keep 1 and 0 readable
+    axes[1].set_yscale("log")
+    axes[2].set_yscale("symlog", linthresh=0.1)
     axes[0].legend(fontsize=7)
     cfg = result["config"]
     fig.suptitle(f"Gradient fidelity along exact GradAlign ({cfg['dataset']}, {cfg['model']}, "
