@@ -232,3 +232,24 @@ def test_metrics_log_keeps_rows_up_to_an_iteration(tmp_path):
         log.append({"iteration": it})
     log.keep_until(10)
     assert log.read() == [{"iteration": 5}, {"iteration": 10}]
+
+
+def test_an_out_of_ball_adversarial_example_is_no_certificate(monkeypatch):
+    """AutoAttack's output counts as fooling a point only inside the eps-ball and the box."""
+    import types
+
+    class Wild:  # returns points far outside the eps-ball
+        def __init__(self, model, **kw):
+            pass
+
+        def __call__(self, x, y):
+            return (x + 0.5).clamp(0, 1)
+
+    monkeypatch.setattr(evaluation, "torchattacks",
+                        lambda: types.SimpleNamespace(AutoAttack=Wild, Square=Wild))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
+    x, y = torch.rand(32, 1, 4, 4) * 0.5, torch.randint(0, 4, (32,))
+    ds = torch.utils.data.TensorDataset(x, y)
+    res = evaluation.evaluate(model, ds, 0.05, "clean,autoattack", n=None, progress=False)
+    assert res["autoattack"] == res["clean"]

@@ -203,7 +203,12 @@ def _torchattacks_fn(model, part: Attack, eps: float, seed: int):
                                      n_restarts=1, seed=seed))
         x_adv = made["atk"](x, y)
         with torch.no_grad():
-            return model(x_adv).argmax(1) == y
+            # torchattacks' output is not trusted blindly: a point outside the eps-ball or the
+            # input box is no adversarial example, and the clean point is scored instead
+            dist = (x_adv - x).abs().flatten(1).amax(1)
+            valid = (dist <= eps * (1 + 1e-5) + 1e-7) & (x_adv.flatten(1).amin(1) >= -1e-6) & (
+                x_adv.flatten(1).amax(1) <= 1 + 1e-6)
+            return model(torch.where(valid.view(-1, *[1] * (x.dim() - 1)), x_adv, x)).argmax(1) == y
 
     return robust
 
