@@ -1,7 +1,11 @@
 """Runs every CUDA kernel of gradalign_fast once per code path, small, for compute-sanitizer.
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python benchmarks/sanitizer_driver.py
-    compute-sanitizer --tool racecheck python benchmarks/sanitizer_driver.py
+    compute-sanitizer --tool racecheck python benchmarks/sanitizer_driver.py --ops cosine --dtypes float32,float64
+    python benchmarks/sanitizer_driver.py --list     # the cases, without a GPU
+
+--ops and --dtypes narrow the run (racecheck: only the cosine kernels use shared memory, and
+its reductions are instantiated for float and double accumulators).
 
 Paths covered, per dtype (float, double, half, bfloat16): cosine and cosine_backward with
 16-byte vector loads (contiguous, channels_last, batch-sliced), scalar loads (misaligned data
@@ -14,6 +18,7 @@ strided x, and sizes that end inside a 4-element pack and inside a tile; relu_af
 against the CPU kernels loosely (the tests do it exactly) so a kernel that silently does
 nothing is noticed too.
 """
+import argparse
 import os
 import sys
 
@@ -102,27 +107,42 @@ def check_random(dtype, shape):
             assert r.abs().max().item() <= 0.25 * 1.01, (dtype, shape, name, clip)
 
 
-def main():
-    assert gf.has_cuda_ops(), f"CUDA kernels not compiled in: {gf.ops_error()}"
-    torch.manual_seed(0)
-    dtypes = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-    cosine_shapes = [(3, 3, 5, 7), (2, 17), (4, 1), (2, 3, 64, 64), (1, 3, 224, 224)]
-    for dtype in dtypes:
-        for shape in cosine_shapes:
-            check_cosine(dtype, shape)
-        # more merged dims than the kernels take: the contiguous-copy fallback
-        p = torch.randn((2,) + (2, 3) * 4, device=DEV).to(dtype)
-        q = torch.randn((2,) + (3, 2) * 4, device=DEV).to(dtype).permute(0, *range(8, 0, -1))
-        assert p.shape == q.shape
-        cos, na, nb = OPS.cosine(p, q)
-        OPS.cosine_backward(torch.ones_like(cos), p, q, cos, na, nb)
-        for shape in [(3, 3, 5, 7), (2, 17), (1, 3, 40, 40)]:
-            check_attack(dtype, shape)
-        for shape in [(1,), (5,), (3, 3, 5, 7), (4097,), (2, 3, 50, 50)]:
-            check_random(dtype, shape)
-        for shape in [(3, 3, 5, 7), (2, 17), (2, 16, 33, 31), (2, 3, 2, 3, 5)]:
-            check_relu_affine(dtype, shape)
-    # empty tensors
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}
+COSINE_SHAPES = [(3, 3, 5, 7), (2, 17), (4, 1), (2, 3, 64, 64), (1, 3, 224, 224)]
+ATTACK_SHAPES = [(3, 3, 5, 7), (2, 17), (1, 3, 40, 40)]
+RANDOM_SHAPES = [(1,), (5,), (3, 3, 5, 7), (4097,), (2, 3, 50, 50)]
+RELU_SHAPES = [(3, 3, 5, 7), (2, 17), (2, 16, 33, 31), (2, 3, 2, 3, 5)]
+OPS_ALL = ("cosine", "attack_step", "random_delta", "relu_affine_backward", "empty")
+
+
+def cases(ops, dtypes):
+    """(op, dtype name, shape) of each check, in the order run."""
+    out = []
+    for name in dtypes:
+        if "cosine" in ops:
+            out += [("cosine", name, s) for s in COSINE_SHAPES] + [("cosine_8d", name, None)]
+        if "attack_step" in ops:
+            out += [("attack_step", name, s) for s in ATTACK_SHAPES]
+        if "random_delta" in ops:
+            out += [("random_delta", name, s) for s in RANDOM_SHAPES]
+        if "relu_affine_backward" in ops:
+            out += [("relu_affine_backward", name, s) for s in RELU_SHAPES]
+    if "empty" in ops:
+        out.append(("empty", "float32", None))
+    return out
+
+
+def check_cosine_8d(dtype):
+    """More merged dims than the kernels take: the contiguous-copy fallback."""
+    p = torch.randn((2,) + (2, 3) * 4, device=DEV).to(dtype)
+    q = torch.randn((2,) + (3, 2) * 4, device=DEV).to(dtype).permute(0, *range(8, 0, -1))
+    assert p.shape == q.shape
+    cos, na, nb = OPS.cosine(p, q)
+    OPS.cosine_backward(torch.ones_like(cos), p, q, cos, na, nb)
+
+
+def check_empty():
     for shape in [(0, 3), (2, 0), (2, 3, 0)]:
         e = torch.empty(shape, device=DEV)
         cos, na, nb = OPS.cosine(e, e)
@@ -133,8 +153,38 @@ def main():
         if len(shape) >= 2:
             c = torch.zeros(shape[1], device=DEV)
             OPS.relu_affine_backward(e, e, c, c)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ops", default=",".join(OPS_ALL), help=f"comma-separated, of {OPS_ALL}")
+    p.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated, of {list(DTYPES)}")
+    p.add_argument("--list", action="store_true", help="print the cases and exit (no GPU needed)")
+    args = p.parse_args(argv)
+    ops = [o for o in args.ops.split(",") if o]
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    bad = [o for o in ops if o not in OPS_ALL] + [d for d in dtypes if d not in DTYPES]
+    if bad:
+        p.error(f"unknown: {bad}")
+    todo = cases(ops, dtypes)
+    if args.list:
+        for c in todo:
+            print(*c)
+        print(f"{len(todo)} cases")
+        return
+    assert gf.has_cuda_ops(), f"CUDA kernels not compiled in: {gf.ops_error()}"
+    torch.manual_seed(0)
+    run = {"cosine": check_cosine, "attack_step": check_attack, "random_delta": check_random,
+           "relu_affine_backward": check_relu_affine}
+    for op, name, shape in todo:
+        if op == "cosine_8d":
+            check_cosine_8d(DTYPES[name])
+        elif op == "empty":
+            check_empty()
+        else:
+            run[op](DTYPES[name], shape)
     torch.cuda.synchronize()
-    print("sanitizer_driver: all CUDA ops ran")
+    print(f"sanitizer_driver: {len(todo)} cases ran ({','.join(ops)}; {','.join(dtypes)})")
 
 
 if __name__ == "__main__":
