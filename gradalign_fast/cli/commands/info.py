@@ -124,17 +124,14 @@ def kernels() -> dict:
 
 
 # ----------------------------------------------------------------------------- self-check
-def _layouts(t):
-    """The awkward layouts of one logical tensor (same values)."""
-    import torch
+def layouts(t):
+    """gradalign_fast.testing.layouts, imported at the first call (torch loads only when the
+    self-check runs, not for --help)."""
+    from ...testing.layouts import layouts as awkward
 
-    out = {"contiguous": t.contiguous()}
-    if t.dim() == 4:
-        out["channels_last"] = t.contiguous(memory_format=torch.channels_last)
-    out["batch_strided"] = torch.stack([t, torch.zeros_like(t)], 1).flatten(0, 1)[::2]
-    if t.dim() >= 2:
-        out["transposed"] = t.transpose(-1, -2).contiguous().transpose(-1, -2)
-    return out
+    return awkward(t)
+
+
 
 
 def _err(got, want) -> float:
@@ -168,7 +165,7 @@ def _check_cosine(dev, dtype):
         want = reference.cosine(a.double(), b.double())
         want_grad = reference.cosine_backward(torch.ones(shape[0], dtype=torch.float64),
                                               a.double(), b.double(), *want)
-        la, lb = _layouts(a.to(dev)), _layouts(b.to(dev))
+        la, lb = layouts(a.to(dev)), layouts(b.to(dev))
         for name in la:
             got = ops.cosine(la[name], lb[name])
             yield "cosine", name, max(_err(g, w) for g, w in zip(got, want))
@@ -191,7 +188,7 @@ def _check_attack(dev, dtype):
         g = g.to(dtype)
         for project in (True, False):
             want = reference.attack_step(x, d, g, *args, project)
-            lx, ld, lg = _layouts(x.to(dev)), _layouts(d.to(dev)), _layouts(g.to(dev))
+            lx, ld, lg = layouts(x.to(dev)), layouts(d.to(dev)), layouts(g.to(dev))
             for name in lx:
                 got = ops.attack_step(lx[name], ld[name], lg[name], *args, project)
                 yield "attack_step", name, _err(got, want)
@@ -212,7 +209,7 @@ def _check_random(dev, dtype):
 
     radius = 0.25
     x = torch.rand(SHAPES[0], dtype=torch.float64).to(dtype)
-    for name, lx in _layouts(x.to(dev)).items():
+    for name, lx in layouts(x.to(dev)).items():
         for clip in (False, True):
             gen = torch.Generator(device=dev)
             d1 = ops.random_delta(lx, radius, 0.0, 1.0, clip, gen.manual_seed(7))
@@ -242,7 +239,7 @@ def _check_relu_affine(dev, dtype):
         scale = (torch.rand(shape[1], dtype=torch.float64) - 0.3).to(dtype)
         shift = torch.randn(shape[1], dtype=torch.float64).to(dtype)
         want = reference.relu_affine_backward(g, x, scale, shift)
-        lx, lg = _layouts(x.to(dev)), _layouts(g.to(dev))
+        lx, lg = layouts(x.to(dev)), layouts(g.to(dev))
         for name in lx:
             got = ops.relu_affine_backward(lg[name], lx[name], scale.to(dev), shift.to(dev))
             yield "relu_affine_backward", name, _err(got, want)
