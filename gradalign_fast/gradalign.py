@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 
 import torch
 import torch.nn as nn
@@ -26,15 +27,20 @@ def _phase(name: str):
         contextlib.nullcontext()
 
 
-def _fast_layers_pay(model) -> bool:
-    """Whether gradalign_fast.double_backward is faster than PyTorch's own second derivatives
-    for this model: where a BatchNorm runs in train mode (its double backward is what they
-    save; benchmarks/NOTES.md). Without one (e.g. the MNIST CNN) they save nothing and add a
-    Python call per layer. A callable that is not an nn.Module cannot be looked into: yes."""
+def _train_mode_batchnorms(model) -> list | None:
+    """The BatchNorm layers of model (their .training is read per call: train/eval can
+    change); None for a callable that is not an nn.Module (it cannot be looked into)."""
     if not isinstance(model, nn.Module):
-        return True
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-               for m in model.modules())
+        return None
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def _fast_layers_pay(batchnorms: list | None) -> bool:
+    """Whether gradalign_fast.double_backward is faster than PyTorch's own second derivatives
+    for a model with these BatchNorm layers: where one runs in train mode (its double
+    backward is what they save; benchmarks/NOTES.md). Without one (e.g. the MNIST CNN) they
+    save nothing and add a Python call per layer. A model that cannot be looked into: yes."""
+    return batchnorms is None or any(m.training for m in batchnorms)
 
 
 COMPILE_MESSAGE = (
@@ -163,6 +169,9 @@ class GradAlignLoss(nn.Module):
         self.low_memory = bool(low_memory)
         self._calls = 0  # forward calls so far, for `every`
         self._probed = False  # the double backward has been tried once (exact mode)
+        # what forward reads from the model's module tree, found once per model (a tree walk
+        # costs ~60 us, 1% of a small model's GradAlign step): (weakref, compiled, batchnorms)
+        self._model_facts: tuple | None = None
         self.last_cos: torch.Tensor | None = None
         self.last_valid: torch.Tensor | None = None
 
@@ -173,12 +182,25 @@ class GradAlignLoss(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         self._calls = int(state["calls"])
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_model_facts": None}  # a weakref does not pickle
+
     def extra_repr(self) -> str:
         return (f"eps={self.eps}, lam={self.lam}, mode={self.mode!r}, fraction={self.fraction},"
                 f" every={self.every}")
 
+    def _facts(self, model) -> tuple:
+        """(torch.compile'd submodule or None, BatchNorm layers) of model, cached for the
+        last model seen (a model's modules are not expected to change between steps)."""
+        facts = self._model_facts
+        if facts is None or facts[0]() is not model:
+            ref = weakref.ref(model) if isinstance(model, nn.Module) else (lambda: None)
+            facts = self._model_facts = (ref, _compiled_module(model),
+                                         _train_mode_batchnorms(model))
+        return facts[1:]
+
     def _check(self, model, x, y, grad_clean, noise) -> None:
-        if _compiled_module(model) is not None:
+        if self._facts(model)[0] is not None:
             raise TypeError(COMPILE_MESSAGE)
         check_inputs("GradAlignLoss", model, x, y, self.check_finite, grad_clean=grad_clean,
                      noise=noise)
@@ -208,7 +230,7 @@ class GradAlignLoss(nn.Module):
             noise = ops.random_delta(x, self.eps, clip_to_box=False)
         x_noisy = (x + noise.detach()).requires_grad_(True)
         fdb = fast_double_backward(self.low_memory) if (
-            self.fast_layers and _fast_layers_pay(model)) else None
+            self.fast_layers and _fast_layers_pay(self._facts(model)[1])) else None
         with _phase(PHASES[0]), fdb or contextlib.nullcontext():
             loss = model_loss(model, x_noisy, y, self.loss_fn, "GradAlignLoss")
         with _phase(PHASES[1]), fdb.input_grad_only() if fdb else contextlib.nullcontext(), \
@@ -218,12 +240,11 @@ class GradAlignLoss(nn.Module):
         with _phase(PHASES[2]):
             cos, norm_clean, norm_noisy = ops.cosine(grad_clean.detach().to(grad_noisy.dtype),
                                                      grad_noisy)
-        valid = (norm_clean > 0) & (norm_noisy > 0)
-        n_valid = valid.sum()
+        n_valid = (torch.minimum(norm_clean, norm_noisy) > 0).sum()  # norms are >= 0
         mean_cos = cos.sum() / n_valid.clamp(min=1)  # cos is 0 where not valid
         if not self._probed:  # once: a clear error where torch.compile cannot double-backward
             _probe_double_backward(mean_cos, model)
             self._probed = True
         self.last_cos = mean_cos.detach()
         self.last_valid = n_valid.detach()
-        return torch.where(n_valid > 0, mean_cos, torch.ones_like(mean_cos))
+        return mean_cos + (n_valid == 0)  # 1 (a zero regulariser) when no sample is valid

@@ -555,3 +555,37 @@ def test_a_compiled_function_inside_the_model_fails_clearly_at_the_first_call():
         GradAlignLoss(0.1, 1.0)(Hidden(), x, y)
     # torch's own words, from the input gradient (donated buffers) or the double backward
     assert re.search("donated buffer|double backward", str(e.value.__cause__))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_all_finite_agrees_with_isfinite(dtype):
+    """The one-sum finiteness check: one NaN/inf anywhere is found; finite values whose sum
+    overflows (only possible in float64) are not mistaken for inf."""
+    from gradalign_fast.attacks import all_finite
+
+    x = torch.rand(5, 3, 7, dtype=torch.float64).to(dtype)
+    assert all_finite(x)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for where in ((0, 0, 0), (4, 2, 6), (2, 1, 3)):
+            z = x.clone()
+            z[where] = bad
+            assert not all_finite(z)
+    big = torch.full((4,), torch.finfo(dtype).max, dtype=dtype)
+    assert all_finite(big) and all_finite(-big)
+
+
+def test_gradalign_loss_pickles_and_follows_a_new_model():
+    """The per-model cache (module tree read once) is dropped by pickling and refreshed when
+    another model is passed: a train-mode BatchNorm model after a BatchNorm-free one still
+    gets the fast layers' values (same as PyTorch's), and a compiled one is refused."""
+    import pickle
+
+    reg = GradAlignLoss(0.1, 1.0)
+    x, y = _xy()
+    reg(_mlp(), x, y)
+    assert pickle.loads(pickle.dumps(reg))._model_facts is None
+    bn = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                       nn.Linear(16, 4))
+    assert reg._facts(bn)[1] and reg._facts(bn)[1][0] is bn[1]
+    with pytest.raises(TypeError, match="torch.compile cannot double-backward"):
+        reg(torch.compile(bn), x, y)
