@@ -23,7 +23,8 @@
 #   bench_ops   30  benchmarks/bench_ops_bandwidth.py --reps 30 (achieved vs copy bandwidth;
 #                   CIFAR batches 128-512 and an ImageNet batch, fp32 and bf16)
 #   steps       50  benchmarks/gpu_steps.py steps: FGSM, plain and exact GradAlign, fp32 and
-#                   bf16 autocast, NCHW and channels_last; CUDA-graph capture vs eager
+#                   bf16 autocast (+ the bf16-reg-fp32 and bf16-bn-fp32 policies), NCHW and
+#                   channels_last; CUDA-graph capture vs eager
 #   epoch       30  benchmarks/gpu_steps.py epoch: FGSM and GradAlign over 10,000 synthetic
 #                   CIFAR-shaped images (fp32, bf16) -> seconds per 50,000-image epoch
 #   test_graphs 20  pytest -m cuda, the CUDA-graph tests (CapturedStep, random_delta in a graph)

@@ -69,7 +69,10 @@ def steps(args) -> dict:
         for channels_last in (False, True):
             rows = step_bench.run_bench(
                 model_names=(model_name,), batch_sizes=(batch,), device=device, reps=reps,
-                warmup=warmup, steps=["fgsm", "gradalign_plain", "gradalign"], amp_dtype=amp,
+                warmup=warmup, amp_dtype=amp,
+                # under bf16 also GradAlign's precision policies (gradalign_fast.precision)
+                steps=["fgsm", "gradalign_plain", "gradalign"]
+                + (["ga_bf16_reg32", "ga_bf16_bn32"] if amp else []),
                 channels_last=channels_last)
             for r in rows:
                 r.update(amp="bf16" if amp else "fp32",

@@ -14,6 +14,7 @@ from . import ops
 from .approx import check_options, linearity_penalty, random_subset
 from .attacks import LossFn, check_inputs, input_gradient, model_loss
 from .double_backward import fast_double_backward
+from .precision import check_precision, inner_loss_scale, regulariser_precision
 
 # record_function ranges of one exact call, for `python -m gradalign_fast profile`
 PHASES = ("gradalign: forward at x+eta", "gradalign: input gradient (create_graph)",
@@ -138,6 +139,11 @@ class GradAlignLoss(nn.Module):
         low_memory: with fast_layers, recompute ReLU-after-BatchNorm outputs instead of keeping
             them (same values; in a pre-activation ResNet ~25% less peak memory for the
             regulariser at no measurable time cost). False keeps them, for comparison.
+        precision: how the regulariser's pass runs under the caller's torch.autocast:
+            "autocast" (as the caller says; default), "float32" (autocast off for the forward
+            at x + eta, the input gradient and so the double backward), "bn_float32" (its
+            BatchNorm layers in float32). See gradalign_fast.precision; docs/results.md has
+            what each costs and how far its gradient is from float32's.
     Attributes:
         last_cos: mean cosine of the last regularised exact-mode call (detached 0-dim tensor),
             for monitoring; None before the first and in linearity mode.
@@ -146,7 +152,8 @@ class GradAlignLoss(nn.Module):
 
     def __init__(self, eps: float, lam: float, loss_fn: LossFn = F.cross_entropy,
                  check_finite: bool = True, mode: str = "exact", fraction: float = 1.0,
-                 every: int = 1, fast_layers: bool = True, low_memory: bool = True):
+                 every: int = 1, fast_layers: bool = True, low_memory: bool = True,
+                 precision: str = "autocast"):
         super().__init__()
         for name, v in (("eps", eps), ("lam", lam)):
             if not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -160,6 +167,7 @@ class GradAlignLoss(nn.Module):
         if not callable(loss_fn):
             raise TypeError("GradAlignLoss: `loss_fn` must be callable (logits, y) -> loss")
         check_options(mode, fraction, every)
+        check_precision("GradAlignLoss", precision)
         self.eps = float(eps)
         self.lam = float(lam)
         self.loss_fn = loss_fn
@@ -167,6 +175,7 @@ class GradAlignLoss(nn.Module):
         self.mode, self.fraction, self.every = mode, float(fraction), every
         self.fast_layers = bool(fast_layers)
         self.low_memory = bool(low_memory)
+        self.precision = precision
         self._calls = 0  # forward calls so far, for `every`
         self._probed = False  # the double backward has been tried once (exact mode)
         # what forward reads from the model's module tree, found once per model (a tree walk
@@ -187,7 +196,7 @@ class GradAlignLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"eps={self.eps}, lam={self.lam}, mode={self.mode!r}, fraction={self.fraction},"
-                f" every={self.every}")
+                f" every={self.every}, precision={self.precision!r}")
 
     def _facts(self, model) -> tuple:
         """(torch.compile'd submodule or None, BatchNorm layers) of model, cached for the
@@ -231,11 +240,15 @@ class GradAlignLoss(nn.Module):
         x_noisy = (x + noise.detach()).requires_grad_(True)
         fdb = fast_double_backward(self.low_memory) if (
             self.fast_layers and _fast_layers_pay(self._facts(model)[1])) else None
-        with _phase(PHASES[0]), fdb or contextlib.nullcontext():
-            loss = model_loss(model, x_noisy, y, self.loss_fn, "GradAlignLoss")
-        with _phase(PHASES[1]), fdb.input_grad_only() if fdb else contextlib.nullcontext(), \
-                _compile_errors_explained():
-            (grad_noisy,) = torch.autograd.grad(loss, x_noisy, create_graph=True)
+        with regulariser_precision(self.precision, model, x.device.type):
+            with _phase(PHASES[0]), fdb or contextlib.nullcontext():
+                loss = model_loss(model, x_noisy, y, self.loss_fn, "GradAlignLoss")
+                scale = inner_loss_scale(self.precision, x)  # B under fp16: see precision.py
+                if scale != 1.0:
+                    loss = loss * scale
+            with _phase(PHASES[1]), fdb.input_grad_only() if fdb else \
+                    contextlib.nullcontext(), _compile_errors_explained():
+                (grad_noisy,) = torch.autograd.grad(loss, x_noisy, create_graph=True)
         # grad_noisy: [b, ...]; cos, norms: [b] (float32, or float64 for float64 gradients)
         with _phase(PHASES[2]):
             cos, norm_clean, norm_noisy = ops.cosine(grad_clean.detach().to(grad_noisy.dtype),

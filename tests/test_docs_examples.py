@@ -89,12 +89,12 @@ def test_method_examples_in_option_help_are_accepted():
         _, parser = make_parser(name)
         return next(a.help for a in parser._actions if option in a.option_strings)
 
-    specs = re.findall(r"\b(?:fgsm|gradalign)(?::\w+=[\w.]+)*", helps("sweep", "--method"))
+    specs = re.findall(r"\b(?:fgsm|gradalign)(?::\w+=[\w.-]+)*", helps("sweep", "--method"))
     specs += [f"gradalign:{o}" for o in re.findall(r"\w+=[\w.]+",
                                                    helps("train", "--method-option"))]
     assert len(specs) >= 5
     for spec in specs:
         m = parse_method(spec)
         opts = dict(m.options)
-        resolve(TrainConfig(method=m.name, lam=opts.pop("lam", None), method_options=opts,
-                            epochs=10))
+        resolve(TrainConfig(method=m.name, lam=opts.pop("lam", None), amp=opts.pop("amp", None),
+                            method_options=opts, epochs=10))

@@ -141,7 +141,10 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
     (dict(method="fgsmx"), "unknown method"),
     (dict(eps=8.0), "eps must be in"),
     (dict(method="fgsm", lam=0.1), "lam applies only"),
-    (dict(amp="fp8"), "amp must be"),
+    (dict(amp="fp8"), "unknown precision policy 'fp8'; choose one of float32, bf16"),
+    (dict(method="fgsm", amp="bf16-reg-fp32"), "method 'fgsm' has none: use amp='bf16'"),
+    (dict(amp="bf16-reg-fp32", method_options={"precision": "bn_float32"}),
+     "sets GradAlign's precision to 'float32' but the method options say 'bn_float32'"),
     (dict(dataset="cifar100"), "unknown dataset"),
     (dict(method="cure"), "needs lam"),
     (dict(n_train=10 ** 6), "n_train"),
@@ -203,3 +206,21 @@ def test_bf16_autocast_trains(tmp_path):
     final = train(TrainConfig(method="gradalign", epochs=1, amp="bf16", out_dir=str(tmp_path),
                               **TINY))
     assert final["last_monitor"]["train_loss"] > 0
+
+
+def test_amp_policy_sets_gradalign_precision(tmp_path, monkeypatch):
+    """--amp bf16-reg-fp32 trains under bf16 autocast with GradAlign's pass in float32; the
+    policy is recorded (resume must match it); "float32" is no autocast, recorded as None."""
+    seen = []
+    real = trainer.train_step
+
+    def spy(method, model, opt, x, y, amp_dtype=None, scaler=None):
+        seen.append((method._loss.precision, amp_dtype))
+        return real(method, model, opt, x, y, amp_dtype, scaler)
+
+    monkeypatch.setattr(trainer, "train_step", spy)
+    train(TrainConfig(method="gradalign", epochs=1, amp="bf16-reg-fp32",
+                      out_dir=str(tmp_path / "a"), **TINY))
+    assert set(seen) == {("float32", torch.bfloat16)}
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["amp"] == "bf16-reg-fp32"
+    assert trainer.resolve(TrainConfig(method="gradalign", amp="float32", **TINY)).amp is None

@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from .. import precision
 from ..training import methods, models
 
 AUTHORS_FGSM_MINUTES = 9.5  # the authors' FGSM training run on CIFAR-10 (PreActResNet-18)
@@ -38,12 +39,26 @@ class Variant:
     text: str
     build: Callable
     block: int = 1  # steps per timed sample (k for every-k: one sample = one full cycle)
+    # in the default set; the precision policies are not (bf16 is emulated, ~8x slower, on a
+    # CPU without bf16 instructions): name them in `steps` (benchmarks/gpu_check.sh does)
+    default: bool = True
 
 
-def _method(cls, **kw):
+def _method(cls, policy: str | None = None, **kw):
+    """A train_step of cls(eps, [lam,] **kw); `policy`: a precision policy of its own
+    (gradalign_fast.precision.POLICIES) instead of the bench's --amp."""
+    pol = precision.policy(policy) if policy else None
+    if pol is not None and pol.reg_precision != "autocast":
+        kw["precision"] = pol.reg_precision
+
     def build(eps, lam):
         method = cls(eps, lam, **kw) if issubclass(cls, methods.GradAlign) else cls(eps, **kw)
-        return lambda model, opt, x, y: methods.train_step(method, model, opt, x, y)
+        if pol is None:
+            return lambda model, opt, x, y: methods.train_step(method, model, opt, x, y)
+        scaler = torch.amp.GradScaler("cuda" if torch.cuda.is_available() else "cpu") \
+            if pol.amp == "fp16" else None
+        return lambda model, opt, x, y: methods.train_step(method, model, opt, x, y,
+                                                           pol.amp_dtype, scaler)
     return build
 
 
@@ -85,6 +100,14 @@ STEPS = [
             _method(methods.ELLEA, lam=0.0)),
     Variant("cure", "FGSM+CURE", _method(methods.CURE, lam=LAM)),
     Variant("llr", "LLR (2 inner steps)", _method(methods.LLR)),
+    # precision policies (gradalign_fast.precision), each with its own autocast
+    Variant("fgsm_bf16", "FGSM, bf16 autocast", _method(methods.FGSM, "bf16"), default=False),
+    Variant("ga_bf16", "  exact, bf16 autocast", _method(methods.GradAlign, "bf16"),
+            default=False),
+    Variant("ga_bf16_reg32", "  exact, bf16; GradAlign's pass in float32",
+            _method(methods.GradAlign, "bf16-reg-fp32"), default=False),
+    Variant("ga_bf16_bn32", "  exact, bf16; BatchNorm in float32 in GradAlign's pass",
+            _method(methods.GradAlign, "bf16-bn-fp32"), default=False),
 ]
 QUICK = dict(model_names=("mnist_cnn", "preact_resnet18_narrow"), batch_sizes=(32,), reps=5,
              warmup=1)
@@ -179,7 +202,7 @@ def run_bench(model_names=("preact_resnet18_narrow",), batch_sizes=(32,), device
     """One row per (model, batch size, step variant), all measured in this one run (on CUDA
     with CUDA events and a synchronize per sample).
 
-    steps: names of STEPS (default all). amp_dtype: e.g. torch.bfloat16 (autocast around every
+    steps: names of STEPS (default: those with default=True). amp_dtype: e.g. torch.bfloat16 (autocast around every
     variant alike). threads: torch CPU threads during the run (restored after; None: as set).
     The default 1 is deliberate: on a shared 2-core machine two threads next to other jobs
     made steps up to 10x slower and ratios unstable. Row keys: model, batch, step, text, ms
@@ -200,7 +223,7 @@ def run_bench(model_names=("preact_resnet18_narrow",), batch_sizes=(32,), device
 
 def _run(model_names, batch_sizes, device, reps, warmup, steps, amp_dtype, channels_last,
          log) -> list[dict]:
-    variants = [v for v in STEPS if steps is None or v.name in steps]
+    variants = [v for v in STEPS if (v.default if steps is None else v.name in steps)]
     if "fgsm" not in [v.name for v in variants]:
         variants.insert(0, STEPS[0])  # the ratios need it
     amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else \

@@ -17,16 +17,25 @@ eps and lambda):
 The exact mode itself is measured too (`draws` fresh draws against the reference): its cos is
 the noise floor of the raw cosine and its rel_bias the instrument's zero.
 No training outcome is needed: this is the fast, low-noise check to run before a study.
+
+Precision policies (gradalign_fast.precision.POLICIES, `measure_precision`) are measured the
+same way but paired: each draw's randomness (FGSM-RS noise, eta) is replayed under float32 and
+under the policy, so the numbers are the rounding error alone, for the regulariser's parameter
+gradient and for the training loss's (FGSM's) own; `noise_cos` puts them on the scale of the
+regulariser's own randomness (cosine between two float32 draws with different eta).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from .. import precision
 from .checkpoint import load_checkpoint, read
 from .datasets import load_dataset, take
 from .methods import METHODS, Method, make_method
@@ -209,6 +218,149 @@ def plot(result: dict, path, co_iteration: int | None = None) -> None:
     fig.suptitle(f"Gradient fidelity along exact GradAlign ({cfg['dataset']}, {cfg['model']}, "
                  f"eps {cfg['eps'] * 255:g}/255, lambda {cfg['lam']:g}; "
                  f"{result['draws']} draws, reference {result['ref_draws']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# float16 parameter gradients are scaled like torch.amp.GradScaler's first step (2**16), halved
+# until finite
+_FP16_SCALE = 2.0 ** 16
+
+
+def _scaled_grad(value, params, amp_dtype) -> torch.Tensor:
+    """value's parameter gradient (float64 vector), loss-scaled under float16 autocast."""
+    scale = _FP16_SCALE if amp_dtype == torch.float16 else 1.0
+    while True:
+        g = _flat_grad(value * scale if scale != 1.0 else value, params) / scale
+        if scale == 1.0 or bool(torch.isfinite(g).all()):
+            return g
+        scale /= 2
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine of two gradients; 1 for two zero gradients (the regulariser's is zero where
+    eps is: the eps warm-up's first steps)."""
+    if not (a.any() or b.any()):
+        return 1.0
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
+def _norm_ratio(a: torch.Tensor, b: torch.Tensor) -> float:
+    """|a| / |b|; 1 for two zero gradients."""
+    na, nb = a.norm(), b.norm()
+    return 1.0 if na == nb == 0 else float(na / nb)
+
+
+def _policy_draw(method, model, x, y, policy, params) -> tuple[torch.Tensor, torch.Tensor]:
+    """(regulariser's, training loss's) parameter gradients of one draw of `method`'s step
+    under `policy` (float64 vectors)."""
+    dt = policy.amp_dtype
+    amp = torch.autocast(x.device.type, dtype=dt) if dt else contextlib.nullcontext()
+    with amp:
+        delta, grad_clean = method.perturb(model, x, y)
+        loss = F.cross_entropy(model(x + delta), y)
+    g_loss = _scaled_grad(loss, params, dt)
+    with amp:
+        reg = method.regularizer(model, x, y, grad_clean)
+    return _scaled_grad(reg, params, dt), g_loss
+
+
+def measure_precision(run_dir, policies: list[str], draws: int = 8, batch: int = 128,
+                      seed: int = 0, progress=None) -> dict:
+    """Rounding error of every precision policy at every snapshot of an exact-GradAlign run.
+
+    Each draw d seeds the generator with (seed, d) and runs one training step's gradients
+    under float32 and under each policy with that seed (paired randomness). Rows, one per
+    (snapshot, policy): reg_cos / reg_norm_ratio (mean over draws of the cosine and norm ratio
+    of the policy's regulariser gradient to float32's), loss_cos / loss_norm_ratio (the same for
+    the training loss's gradient at x + delta), noise_cos (mean cosine between float32
+    regulariser gradients of consecutive draws: the scale of eta's own randomness), s_per_draw.
+    """
+    pols = [precision.policy(p) for p in dict.fromkeys(["float32", *policies])]
+    snaps = snapshots(run_dir)
+    cfg = read(snaps[0].path)["config"]
+    x, y = take(load_dataset(cfg["dataset"], cfg["data_dir"], train=True, augment=False),
+                batch)
+    rows = []
+    for snap in snaps:
+        model = load_checkpoint(snap.path)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads, secs = {p.name: [] for p in pols}, {p.name: 0.0 for p in pols}
+        for d in range(draws):
+            for pol in pols:
+                torch.manual_seed(seed * 100003 + d)
+                method = _method(f"{EXACT}:precision={pol.reg_precision}", snap.eps, cfg["lam"])
+                t0 = time.perf_counter()
+                grads[pol.name].append(_policy_draw(method, model, x, y, pol, params))
+                secs[pol.name] += time.perf_counter() - t0
+        ref = grads["float32"]
+        noise = [_cos(a[0], b[0]) for a, b in zip(ref, ref[1:])]
+        for pol in pols:
+            g = grads[pol.name]
+
+            def mean(f):
+                return sum(f(a, b) for a, b in zip(g, ref)) / draws
+
+            rows.append({
+                "iteration": snap.iteration, "epoch": snap.epoch, "eps": snap.eps,
+                "policy": pol.name,
+                "reg_cos": mean(lambda a, b: _cos(a[0], b[0])),
+                "reg_norm_ratio": mean(lambda a, b: _norm_ratio(a[0], b[0])),
+                "loss_cos": mean(lambda a, b: _cos(a[1], b[1])),
+                "loss_norm_ratio": mean(lambda a, b: _norm_ratio(a[1], b[1])),
+                "noise_cos": sum(noise) / len(noise) if noise else float("nan"),
+                "s_per_draw": secs[pol.name] / draws})
+            if progress is not None:
+                progress(rows[-1])
+    return {"run_dir": str(run_dir), "config": cfg, "batch": batch, "draws": draws,
+            "rows": rows}
+
+
+def precision_markdown(result: dict) -> str:
+    """Per policy, medians over snapshots (and the worst snapshot's regulariser cosine)."""
+    import statistics as st
+
+    head = ["policy", "snapshots", "reg. grad cos (median)", "reg. grad cos (min)",
+            "reg. grad norm ratio", "loss grad cos (median)", "loss grad norm ratio",
+            "eta's own cos (median)", "ms / draw"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in dict.fromkeys(r["policy"] for r in result["rows"]):
+        rs = [r for r in result["rows"] if r["policy"] == name]
+
+        def med(k):
+            return st.median(r[k] for r in rs)
+
+        lines.append(f"| `{name}` | {len(rs)} | {med('reg_cos'):.4f} | "
+                     f"{min(r['reg_cos'] for r in rs):.4f} | {med('reg_norm_ratio'):.3f} | "
+                     f"{med('loss_cos'):.5f} | {med('loss_norm_ratio'):.4f} | "
+                     f"{med('noise_cos'):.3f} | {1000 * med('s_per_draw'):.0f} |")
+    return "\n".join(lines)
+
+
+def precision_plot(result: dict, path) -> None:
+    """Regulariser and training-loss gradient cosine to float32 per snapshot (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name in dict.fromkeys(r["policy"] for r in result["rows"]):
+        rs = [r for r in result["rows"] if r["policy"] == name]
+        its = [r["iteration"] for r in rs]
+        axes[0].plot(its, [1 - r["reg_cos"] for r in rs], marker="o", ms=3, label=name)
+        axes[1].plot(its, [1 - r["loss_cos"] for r in rs], marker="o", ms=3, label=name)
+    rs = [r for r in result["rows"] if r["policy"] == "float32"]
+    axes[0].plot([r["iteration"] for r in rs], [1 - r["noise_cos"] for r in rs], "k--", lw=1,
+                 label="two float32 draws (eta's own randomness)")
+    for ax, what in zip(axes, ("GradAlign regulariser", "training loss at x + delta")):
+        ax.set_yscale("symlog", linthresh=1e-4)
+        ax.set_xlabel("iteration of the exact-GradAlign run")
+        ax.set_title(f"1 - cos(policy, float32): {what}'s parameter gradient", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -73,7 +73,8 @@ def grid(methods: list[str], eps: list[float], seeds: list[int]) -> list[RunSpec
 def _config(base: TrainConfig, run: RunSpec, out: Path) -> TrainConfig:
     opts = dict(run.method.options)
     lam = opts.pop("lam", base.lam if run.method.name in ("gradalign", "cure", "llr") else None)
-    return replace(base, method=run.method.name, eps=run.eps, seed=run.seed, lam=lam,
+    amp = opts.pop("amp", base.amp)  # a precision policy per method label, e.g. amp=bf16
+    return replace(base, method=run.method.name, eps=run.eps, seed=run.seed, lam=lam, amp=amp,
                    method_options=opts, out_dir=str(run.run_dir(out)), progress=False)
 
 

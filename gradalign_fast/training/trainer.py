@@ -21,13 +21,14 @@ import torch
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
+from .. import precision
 from . import checkpoint, distributed, evaluation, recipe
 from .datasets import load_dataset, make_loader, spec, take
 from .methods import METHODS, make_method, train_step
 from .models import MODELS
 from .monitor import COMonitor, MetricsLog
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+GRADALIGN_METHODS = ("gradalign", "gradalign_adaptive")  # methods with GradAlignLoss
 LAM_METHODS = ("gradalign", "gradalign_adaptive", "cure", "llr", "elle", "elle_a")
 CHECK_EVERY = 20  # iterations between loss checks / progress-bar updates (one device sync)
 # Every file of a run directory: a new run refuses a directory holding any of them.
@@ -72,7 +73,9 @@ class TrainConfig:
     n_monitor: int = 256  # held-out training points (the last ones) of the CO monitor
     seed: int = 0
     device: str | None = None  # None: cuda if available, else cpu
-    amp: str | None = None  # None | "bf16" | "fp16"
+    # mixed precision: None (float32) or a policy of gradalign_fast.precision.POLICIES:
+    # "bf16", "bf16-reg-fp32", "bf16-bn-fp32" (GradAlign methods), "fp16" (GradScaler)
+    amp: str | None = None
     out_dir: str = "runs/run"
     monitor_every: int = 200  # iterations; 0: only at epoch ends
     # iterations between weight snapshots (out_dir/snapshots/it<N>.pt, read by the
@@ -140,6 +143,13 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ValueError("method 'cure' needs lam (no default: its scale depends on the data)")
     if cfg.lam is not None and not (math.isfinite(cfg.lam) and cfg.lam >= 0):
         raise ValueError(f"lam must be a finite number >= 0, got {cfg.lam}")
+    if cfg.amp is not None:
+        amp = precision.policy(cfg.amp)
+        if amp.amp is None:  # "float32": no autocast, recorded as such
+            cfg = replace(cfg, amp=None)
+        elif amp.reg_precision != "autocast" and cfg.method not in GRADALIGN_METHODS:
+            raise ValueError(f"amp policy {cfg.amp!r} sets the precision of GradAlign's pass; "
+                             f"method {cfg.method!r} has none: use amp={amp.amp!r}")
     try:  # bad method options fail here, before any data is loaded
         make_method(cfg.method, cfg.eps, **_method_kwargs(cfg))
     except TypeError as e:
@@ -157,8 +167,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.lr_schedule not in recipe.LR_SCHEDULES:
         raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; choose one of "
                          f"{recipe.LR_SCHEDULES}")
-    if cfg.amp not in (None, *AMP_DTYPES):
-        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {cfg.amp!r}")
     if cfg.sync_bn and torch.device(cfg.device).type != "cuda":
         raise ValueError("sync_bn needs CUDA: torch's SyncBatchNorm runs on GPUs only")
     if cfg.sync_bn and METHODS[cfg.method].double_backprop:
@@ -206,6 +214,12 @@ def _method_kwargs(cfg: TrainConfig) -> dict:
     kw = dict(cfg.method_options)
     if cfg.lam is not None:
         kw["lam"] = cfg.lam
+    reg = precision.policy(cfg.amp).reg_precision if cfg.amp else "autocast"
+    if reg != "autocast":
+        if kw.get("precision", reg) != reg:
+            raise ValueError(f"amp policy {cfg.amp!r} sets GradAlign's precision to {reg!r} "
+                             f"but the method options say {kw['precision']!r}")
+        kw["precision"] = reg
     return kw
 
 
@@ -248,7 +262,7 @@ class _Run:
         self.out = Path(cfg.out_dir)
         self.ckpt_path = self.out / "checkpoint.pt"
         self.log = MetricsLog(self.out / "metrics.jsonl")
-        self.amp_dtype = AMP_DTYPES.get(cfg.amp)
+        self.amp_dtype = precision.policy(cfg.amp).amp_dtype if cfg.amp else None
 
     # ------------------------------------------------------------------ set-up
     def _setup(self):
@@ -267,7 +281,8 @@ class _Run:
                                   num_workers=cfg.num_workers, pin_memory=dev.type == "cuda")
         self.opt = torch.optim.SGD(net.parameters(), lr=0.0, momentum=cfg.momentum,
                                    weight_decay=cfg.wd)
-        self.scaler = torch.amp.GradScaler(dev.type) if cfg.amp == "fp16" else None
+        self.scaler = torch.amp.GradScaler(dev.type) if self.amp_dtype == torch.float16 \
+            else None
         x_mon, y_mon = take(monitor_set)
         self.monitor = COMonitor(x_mon.to(dev), y_mon.to(dev), cfg.eps, seed=cfg.seed)
         self.start_epoch, self.it, self.train_time = 0, 0, 0.0

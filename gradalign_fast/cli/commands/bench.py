@@ -31,7 +31,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     parser.add_argument("--steps", type=_csv(str), default=None,
                         help="variants, comma-separated, of: " + ", ".join(v.name for v in STEPS)
-                        + "; None: all")
+                        + "; None: all but the precision policies (fgsm_bf16, ga_bf16*: bf16 "
+                        "is emulated and slow on most CPUs); 'all': every one")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads while measuring (1: stable ratios on a "
                              "shared machine; 0: leave torch's setting)")
@@ -54,7 +55,12 @@ def _options(args, torch) -> dict:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_device(device)
-    opts = dict(device=device, reps=args.reps, warmup=args.warmup, steps=args.steps,
+    steps = [v.name for v in STEPS] if args.steps == ["all"] else args.steps
+    unknown = sorted(set(steps or ()) - {v.name for v in STEPS})
+    if unknown:
+        raise ValueError(f"unknown --steps {', '.join(unknown)}; choose from "
+                         f"{', '.join(v.name for v in STEPS)} or 'all'")
+    opts = dict(device=device, reps=args.reps, warmup=args.warmup, steps=steps,
                 threads=args.threads,
                 channels_last=args.channels_last,
                 amp_dtype=getattr(torch, AMP[args.amp]) if AMP[args.amp] else None)

@@ -5,6 +5,10 @@ OUT/fidelity.md and OUT/fidelity.png.
     python -m gradalign_fast fidelity --run runs/traj --dataset mnist_subset --epochs 4 \\
         --snapshot-every 50 --mode gradalign:fraction=0.2 --mode gradalign:every=4
 
+With --precision POLICY (repeatable; gradalign_fast.precision.POLICIES), the rounding error of
+mixed-precision policies is measured along the same run (paired draws against float32):
+OUT/precision.json, OUT/precision.md, OUT/precision.png.
+
 The run directory is trained first (exact GradAlign, weight snapshots every
 --snapshot-every iterations) when it holds no snapshots yet; its training options are those of
 `train`.
@@ -15,6 +19,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from ...precision import POLICIES
 from ...training import fidelity
 from ...training.trainer import train
 from .sweep import add_passthrough, passthrough_config
@@ -24,6 +29,8 @@ EXAMPLES = """examples:
   python -m gradalign_fast fidelity --run runs/example_traj --n-train 256 --epochs 1 \\
       --batch-size 64 --eps 76.5 --lam 1 --snapshot-every 2 --eval-attacks clean --n-eval 64 \\
       --draws 2 --ref-draws 2 --batch 16 --mode gradalign:fraction=0.5
+  python -m gradalign_fast fidelity --run runs/example_traj --precision bf16 \
+      --precision bf16-reg-fp32 --draws 2 --batch 16
 """
 
 
@@ -31,9 +38,12 @@ def add_arguments(parser) -> None:
     a = parser.add_argument
     a("--run", required=True, help="run directory of the exact-GradAlign trajectory "
       "(trained here first when it has no snapshots/)")
-    a("--mode", action="append", required=True,
+    a("--mode", action="append", default=[],
       help="method[:key=value...] whose regulariser is compared, repeatable; e.g. "
            "gradalign:fraction=0.2, gradalign:every=4, gradalign:mode=linearity")
+    a("--precision", action="append", default=[], choices=tuple(POLICIES),
+      help="mixed-precision policy whose rounding error is measured, repeatable: "
+           + ", ".join(POLICIES))
     a("--draws", type=int, default=16, help="draws of each mode's randomness per snapshot")
     a("--ref-draws", type=int, default=32, help="draws of exact GradAlign for the reference")
     a("--batch", type=int, default=128, help="fixed batch: the first training points")
@@ -49,6 +59,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if args.draws < 2 or args.ref_draws < 2:
         raise ValueError("--draws and --ref-draws must be >= 2")
+    if not args.mode and not args.precision:
+        raise ValueError("nothing to measure: give --mode and/or --precision")
     run_dir = Path(args.run)
     if not (run_dir / "snapshots").is_dir():
         cfg = replace(passthrough_config(args), method=fidelity.EXACT, seed=args.seed,
@@ -59,6 +71,28 @@ def run(args) -> int:
         train(cfg)
     out = Path(args.out) if args.out else run_dir / "fidelity"
     out.mkdir(parents=True, exist_ok=True)
+    if args.mode:
+        _modes(args, run_dir, out)
+    if args.precision:
+        _precision(args, run_dir, out)
+    return 0
+
+
+def _precision(args, run_dir: Path, out: Path) -> None:
+    result = fidelity.measure_precision(
+        run_dir, args.precision, args.draws, args.batch, args.seed,
+        progress=lambda r: print(f"  it {r['iteration']:>6}  {r['policy']:<16} reg. grad cos "
+                                 f"{r['reg_cos']:.4f}  loss grad cos {r['loss_cos']:.5f}",
+                                 flush=True))
+    (out / "precision.json").write_text(json.dumps(result, indent=1))
+    table = fidelity.precision_markdown(result)
+    (out / "precision.md").write_text(table + "\n")
+    fidelity.precision_plot(result, out / "precision.png")
+    print(f"\n{table}\n\nwrote {out / 'precision.json'}, {out / 'precision.md'}, "
+          f"{out / 'precision.png'}")
+
+
+def _modes(args, run_dir: Path, out: Path) -> None:
     result = fidelity.measure(
         run_dir, args.mode, args.draws, args.ref_draws, args.batch, args.seed,
         progress=lambda r: print(f"  it {r['iteration']:>6}  {r['mode']:<40} "
@@ -70,4 +104,3 @@ def run(args) -> int:
     fidelity.plot(result, out / "fidelity.png", args.co_iteration)
     print(f"\n{table}\n\nwrote {out / 'fidelity.json'}, {out / 'fidelity.md'}, "
           f"{out / 'fidelity.png'}")
-    return 0

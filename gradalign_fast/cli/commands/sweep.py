@@ -36,6 +36,8 @@ _PASSTHROUGH = {
     "device": (str, "cpu, cuda or cuda:N; None: cuda if available"),
     "monitor_every": (int, "CO-monitor period in iterations (0: epoch ends only)"),
     "lam": (float, "lambda of the lam methods without lam= in --method"),
+    "amp": (str, "mixed-precision policy of every run without amp= in --method (see "
+                 "`train --help`); None: float32"),
 }
 
 
@@ -56,7 +58,8 @@ def add_arguments(parser) -> None:
     a = parser.add_argument
     a("--method", action="append", required=True,
       help="method[:key=value...], repeatable; e.g. fgsm, gradalign:lam=1, "
-           "gradalign:fraction=0.25 (lam and the method's options, see GradAlignLoss)")
+           "gradalign:fraction=0.25, gradalign:amp=bf16-reg-fp32 (lam, amp and the method's "
+           "options, see GradAlignLoss)")
     a("--eps", action="append", type=float, required=True,
       help="L-inf radius in /255 units, repeatable")
     a("--eps-units", choices=("255", "unit"), default="255",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from ...precision import POLICIES
 from ...training.methods import METHODS
 from ...training.sweep import parse_options
 from ...training.trainer import TrainConfig, train
@@ -74,7 +75,9 @@ def add_arguments(parser) -> None:
     a("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     a("--seed", type=int, default=0, help="seed of the initialisation, data order and noise")
     a("--device", default=None, help="cpu, cuda, cuda:1; None: cuda if available, else cpu")
-    a("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision")
+    a("--amp", choices=tuple(POLICIES), default=None,
+      help="mixed-precision policy (gradalign_fast.precision): "
+           + "; ".join(f"{p.name}: {p.text}" for p in POLICIES.values()))
     a("--method-option", action="append", default=[], metavar="KEY=VALUE",
       help="an option of the method, repeatable; GradAlign's approximate modes: fraction=0.25, "
            "every=2, mode=linearity (see GradAlignLoss)")
