@@ -78,18 +78,23 @@ def run(args) -> int:
     return 0
 
 
+def _write(out: Path, stem: str, result: dict, table: str, plot) -> None:
+    """OUT/STEM.json, OUT/STEM.md (table) and OUT/STEM.png (plot(path)); prints the table."""
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{stem}.md").write_text(table + "\n")
+    plot(out / f"{stem}.png")
+    print(f"\n{table}\n\nwrote " + ", ".join(str(out / f"{stem}.{e}") for e in
+                                            ("json", "md", "png")))
+
+
 def _precision(args, run_dir: Path, out: Path) -> None:
     result = fidelity.measure_precision(
         run_dir, args.precision, args.draws, args.batch, args.seed,
         progress=lambda r: print(f"  it {r['iteration']:>6}  {r['policy']:<16} reg. grad cos "
                                  f"{r['reg_cos']:.4f}  loss grad cos {r['loss_cos']:.5f}",
                                  flush=True))
-    (out / "precision.json").write_text(json.dumps(result, indent=1))
-    table = fidelity.precision_markdown(result)
-    (out / "precision.md").write_text(table + "\n")
-    fidelity.precision_plot(result, out / "precision.png")
-    print(f"\n{table}\n\nwrote {out / 'precision.json'}, {out / 'precision.md'}, "
-          f"{out / 'precision.png'}")
+    _write(out, "precision", result, fidelity.precision_markdown(result),
+           lambda path: fidelity.precision_plot(result, path))
 
 
 def _modes(args, run_dir: Path, out: Path) -> None:
@@ -98,9 +103,5 @@ def _modes(args, run_dir: Path, out: Path) -> None:
         progress=lambda r: print(f"  it {r['iteration']:>6}  {r['mode']:<40} "
                                  f"cos {r['cos']:.3f}  rel. bias {r['rel_bias']:.3f}",
                                  flush=True))
-    (out / "fidelity.json").write_text(json.dumps(result, indent=1))
-    table = fidelity.markdown(result)
-    (out / "fidelity.md").write_text(table + "\n")
-    fidelity.plot(result, out / "fidelity.png", args.co_iteration)
-    print(f"\n{table}\n\nwrote {out / 'fidelity.json'}, {out / 'fidelity.md'}, "
-          f"{out / 'fidelity.png'}")
+    _write(out, "fidelity", result, fidelity.markdown(result),
+           lambda path: fidelity.plot(result, path, args.co_iteration))
