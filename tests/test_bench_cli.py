@@ -86,3 +86,17 @@ def test_ratio_plot_takes_every_variant(tmp_path):
             for i, v in enumerate(bench.STEPS) for b in (32, 128)]
     plot_ratios(rows, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_ratio_interval_and_exact_vs_plain_line():
+    """The bootstrap interval of a ratio of medians resamples paired rounds: a constant
+    factor gives a degenerate interval at that factor; noise widens it around the ratio."""
+    base = [10.0, 11.0, 9.0, 10.5, 9.5, 10.2, 9.8]
+    assert bench.ratio_interval([2 * t for t in base], base) == pytest.approx((2.0, 2.0))
+    noisy = [t * f for t, f in zip(base, (1.0, 1.2, 0.9, 1.1, 1.0, 0.95, 1.05))]
+    lo, hi = bench.ratio_interval(noisy, base)
+    assert lo < 1.0 < hi or lo <= 1.02 <= hi
+    rows = [dict(model="m", batch=8, step=s, times_ms=t)
+            for s, t in (("gradalign", [2 * t for t in base]), ("gradalign_plain", base))]
+    assert bench.exact_vs_plain(rows) == ["m batch 8: exact / plain = 2.000 "
+                                          "[95% CI 2.000, 2.000]"]

@@ -3,7 +3,7 @@ FGSM+GradAlign (plain, exact, approximate, adaptive), ELLE, ELLE-A, CURE and LLR
 
 `run_bench(...) -> list[dict]` measures every step variant of STEPS on one model and batch
 size in ONE interleaved run (round-robin over the variants, so that a noisy machine slows
-them alike), and reports medians and ratios to FGSM; `format_table(rows)` prints them.
+them alike; the order shuffled each round), and reports medians and ratios to FGSM; `format_table(rows)` prints them.
 Used by `python -m gradalign_fast bench`, the demo command and benchmarks/.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import datetime
 import importlib.util
 import os
 import platform
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -248,8 +249,10 @@ def _run(model_names, batch_sizes, device, reps, warmup, steps, amp_dtype, chann
                 for _ in range(warmup):
                     runs[v.name]()
             times = {v.name: [] for v in variants}
+            order, rng = list(variants), random.Random(0)
             for _ in range(reps):  # interleaved: a slow moment slows every variant
-                for v in variants:
+                rng.shuffle(order)  # in a new order each round: no variant always follows
+                for v in order:     # the same one (measured: up to 5% on the MNIST CNN)
                     times[v.name].append(_timed(device, runs[v.name]) / v.block)
             peaks = {v.name: peak_memory(device, runs[v.name]) for v in variants}
             resident = {v.name: resident_bytes(models_[v.name], opts[v.name], x, y)
@@ -257,9 +260,12 @@ def _run(model_names, batch_sizes, device, reps, warmup, steps, amp_dtype, chann
             ms = {k: 1e3 * statistics.median(t) for k, t in times.items()}
             for v in variants:
                 ratio = ms[v.name] / ms["fgsm"]
+                lo, hi = ratio_interval(times[v.name], times["fgsm"])
                 rows.append(dict(
                     model=model_name, batch=batch, step=v.name, text=v.text,
                     ms=round(ms[v.name], 3), ratio=round(ratio, 3),
+                    ratio_lo=round(lo, 3), ratio_hi=round(hi, 3),
+                    times_ms=[round(1e3 * t, 3) for t in times[v.name]],  # one per round
                     step_peak_mib=round(peaks[v.name] / 2**20, 2),
                     peak_mib=round((peaks[v.name] + resident[v.name]) / 2**20, 2),
                     mem_ratio=round((peaks[v.name] + resident[v.name])
@@ -270,6 +276,36 @@ def _run(model_names, batch_sizes, device, reps, warmup, steps, amp_dtype, chann
             if log:
                 log(f"measured {model_name} batch {batch}")
     return rows
+
+
+def ratio_interval(times: list[float], base: list[float], n_boot: int = 2000,
+                   seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of median(times) / median(base), resampling the
+    rounds (each round times every variant once: the pairs share the machine's state)."""
+    rng = random.Random(seed)
+    n = len(times)
+    boots = []
+    for _ in range(n_boot):
+        idx = [rng.randrange(n) for _ in range(n)]
+        boots.append(statistics.median(times[i] for i in idx)
+                     / statistics.median(base[i] for i in idx))
+    boots.sort()
+    return boots[int(0.025 * n_boot)], boots[int(0.975 * n_boot) - 1]
+
+
+def exact_vs_plain(rows: list[dict]) -> list[str]:
+    """One line per (model, batch) holding both: exact GradAlign's step time over the plain
+    formulation's, with its 95% bootstrap interval over the paired rounds."""
+    out = []
+    for (model, batch) in dict.fromkeys((r["model"], r["batch"]) for r in rows):
+        got = {r["step"]: r for r in rows if (r["model"], r["batch"]) == (model, batch)}
+        if "gradalign" in got and "gradalign_plain" in got and "times_ms" in got["gradalign"]:
+            a, b = got["gradalign"]["times_ms"], got["gradalign_plain"]["times_ms"]
+            lo, hi = ratio_interval(a, b)
+            r = statistics.median(a) / statistics.median(b)
+            out.append(f"{model} batch {batch}: exact / plain = {r:.3f} "
+                       f"[95% CI {lo:.3f}, {hi:.3f}]")
+    return out
 
 
 def metadata(device, amp_dtype=None, channels_last=False, threads=1) -> dict:
@@ -292,11 +328,13 @@ def format_table(rows: list[dict], meta: dict | None = None) -> str:
         lines.append(f"peak MiB: {meta['memory']}; step MiB: that step's own peak")
         lines.append(f"CIFAR-10 min: {meta['minutes']}")
     head = (f"{'model':<23} {'batch':>5}  {'step':<44} {'ms/step':>9} {'x FGSM':>7} "
-            f"{'peak MiB':>9} {'x FGSM':>7} {'step MiB':>9} {'CIFAR-10 min':>12}")
+            f"{'95% CI':>11} {'peak MiB':>9} {'x FGSM':>7} {'step MiB':>9} "
+            f"{'CIFAR-10 min':>12}")
     lines += [head, "-" * len(head)]
     for r in rows:
         minutes = "-" if r["minutes"] is None else f"{r['minutes']:.1f}"
+        ci = f"{r['ratio_lo']:.2f}-{r['ratio_hi']:.2f}" if "ratio_lo" in r else "-"
         lines.append(f"{r['model']:<23} {r['batch']:>5}  {r['text']:<44} {r['ms']:>9.1f} "
-                     f"{r['ratio']:>7.2f} {r['peak_mib']:>9.1f} {r['mem_ratio']:>7.2f} "
-                     f"{r['step_peak_mib']:>9.1f} {minutes:>12}")
+                     f"{r['ratio']:>7.2f} {ci:>11} {r['peak_mib']:>9.1f} "
+                     f"{r['mem_ratio']:>7.2f} {r['step_peak_mib']:>9.1f} {minutes:>12}")
     return "\n".join(lines)

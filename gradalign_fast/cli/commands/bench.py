@@ -117,7 +117,7 @@ def run(args) -> int:
     rows = step_bench.run_bench(**opts)
     meta = step_bench.metadata(opts["device"], opts["amp_dtype"], opts["channels_last"],
                           opts["threads"])
-    table = step_bench.format_table(rows, meta)
+    table = "\n".join([step_bench.format_table(rows, meta), *step_bench.exact_vs_plain(rows)])
     print(table)
     out = args.out
     if out == "auto":
