@@ -144,3 +144,14 @@ def test_fidelity_measures_policies_paired_with_float32(tmp_path):
         assert -1 <= r["noise_cos"] <= 1
     table = fidelity.precision_markdown(res)
     assert "`bf16-reg-fp32`" in table and table.count("\n") == 4
+
+
+def test_fidelity_fp16_gradient_scale_halves_until_finite(monkeypatch):
+    """A float16 parameter gradient is loss-scaled like GradScaler's first step; a scale
+    that overflows is halved (the graph kept for the retry) until the gradient is finite."""
+    from gradalign_fast.training import fidelity
+
+    monkeypatch.setattr(fidelity, "_FP16_SCALE", 2.0 ** 140)  # overflows float32 at once
+    w = torch.nn.Parameter(torch.tensor([1.5, -2.0]))
+    g = fidelity._scaled_grad((w ** 2).sum(), [w], torch.float16)
+    assert torch.equal(g, torch.tensor([3.0, -4.0], dtype=torch.float64))

@@ -65,12 +65,12 @@ def snapshots(run_dir) -> list[Snapshot]:
     return out
 
 
-def _flat_grad(reg, params) -> torch.Tensor:
+def _flat_grad(reg, params, retain_graph: bool = False) -> torch.Tensor:
     """The regulariser's gradient in all parameters as one float64 vector (zeros when the
     regulariser is off this call, e.g. GradAlign's `every` schedule)."""
     if reg is None or not reg.requires_grad:
         return torch.zeros(sum(p.numel() for p in params), dtype=torch.float64)
-    grads = torch.autograd.grad(reg, params, allow_unused=True)
+    grads = torch.autograd.grad(reg, params, allow_unused=True, retain_graph=retain_graph)
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).double()
                       for g, p in zip(grads, params)])
 
@@ -232,7 +232,9 @@ def _scaled_grad(value, params, amp_dtype) -> torch.Tensor:
     """value's parameter gradient (float64 vector), loss-scaled under float16 autocast."""
     scale = _FP16_SCALE if amp_dtype == torch.float16 else 1.0
     while True:
-        g = _flat_grad(value * scale if scale != 1.0 else value, params) / scale
+        # a float16 try may overflow and be retried at half the scale: keep the graph
+        g = _flat_grad(value * scale if scale != 1.0 else value, params,
+                       retain_graph=scale != 1.0) / scale
         if scale == 1.0 or bool(torch.isfinite(g).all()):
             return g
         scale /= 2
