@@ -1,5 +1,6 @@
 """The sweep (resumable grid + results table) and demo commands, and method options."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -21,6 +22,19 @@ def test_parse_method_and_options():
     assert parse_method("fgsm").options == {}
     with pytest.raises(ValueError, match="key=value"):
         parse_options(["fraction"])
+
+
+def test_amp_in_a_method_label_is_the_runs_precision_policy(tmp_path):
+    """gradalign:amp=bf16-reg-fp32 trains that label under the policy (TrainConfig.amp), not
+    as a GradAlignLoss option; labels without amp= keep the sweep's --amp."""
+    from gradalign_fast.training.sweep import _config
+
+    base = TrainConfig(amp="bf16")
+    a, b = grid(["gradalign:lam=1:amp=bf16-reg-fp32", "gradalign:lam=1"], [0.1], [0])
+    cfg = _config(base, a, tmp_path)
+    assert cfg.amp == "bf16-reg-fp32" and cfg.method_options == {} and cfg.lam == 1
+    assert _config(base, b, tmp_path).amp == "bf16"
+    assert resolve(replace(cfg, dataset="mnist_subset", epochs=1)).amp == "bf16-reg-fp32"
 
 
 def test_grid_puts_seeds_outside_methods():
