@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
+from .precision import inner_loss_scale
 
 # loss_fn(logits, y) -> scalar loss: what every attack and GradAlignLoss differentiate.
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -96,10 +97,16 @@ def model_loss(model, xin, y, loss_fn: LossFn, who: str = "attacks") -> torch.Te
 
 def input_gradient(model, x, y, loss_fn: LossFn = F.cross_entropy, delta=None) -> torch.Tensor:
     """Gradient of loss_fn(model(x + delta), y) in the input; no graph kept, and no parameter
-    gradients computed (autograd only walks the path to the input)."""
+    gradients computed (autograd only walks the path to the input). Under float16 autocast
+    the loss is scaled by the batch size for the backward and the gradient unscaled in x's
+    dtype (gradalign_fast.precision.inner_loss_scale): unscaled, the per-sample gradients of
+    a batch-mean loss underflow in float16, and FGSM's sign() turns them into no step."""
     xin = (x if delta is None else x + delta).detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(model_loss(model, xin, y, loss_fn), xin)
-    return grad
+    loss = model_loss(model, xin, y, loss_fn)
+    scale = inner_loss_scale("autocast", xin)
+    if scale == 1.0:
+        return torch.autograd.grad(loss, xin)[0]
+    return torch.autograd.grad(loss * scale, xin)[0] / scale
 
 
 def fgsm(model, x, y, eps, loss_fn: LossFn = F.cross_entropy, lo=0.0, hi=1.0):

@@ -16,8 +16,9 @@ The cosine is float32 (or wider) under every choice: the input gradients have x'
 autocast does not change, and the cosine op accumulates in float32. Under float16 autocast the
 regulariser's inner loss is multiplied by the batch size before its input gradient (loss
 scaling: per-sample gradients of a batch-mean loss are O(1/B), where float16 loses them to
-underflow; the cosine does not depend on their scale). The training loss is the caller's to
-scale (torch.amp.GradScaler; `train --amp fp16` does).
+underflow; the cosine does not depend on their scale); the attacks' input gradients likewise
+(gradalign_fast.attacks.input_gradient, unscaled afterwards in x's dtype). The training loss
+is the caller's to scale (torch.amp.GradScaler; `train --amp fp16` does).
 
 POLICIES names the training-step policies that `train --amp`, `fidelity --precision` and the
 bench measure: an autocast dtype for the whole step and the regulariser's precision.
@@ -101,8 +102,9 @@ def regulariser_precision(precision: str, model, device_type: str):
 
 
 def inner_loss_scale(precision: str, x: torch.Tensor) -> float:
-    """The factor of the regulariser's inner loss: the batch size under float16 autocast
-    (unless the pass runs in float32), else 1."""
+    """The factor of a loss whose input gradient is taken (GradAlign's inner loss, and the
+    attacks' with precision "autocast"): the batch size under float16 autocast (unless the
+    pass runs in float32), else 1."""
     dev = x.device.type
     if precision != "float32" and torch.is_autocast_enabled(dev) and \
             torch.get_autocast_dtype(dev) == torch.float16:

@@ -155,3 +155,25 @@ def test_fidelity_fp16_gradient_scale_halves_until_finite(monkeypatch):
     w = torch.nn.Parameter(torch.tensor([1.5, -2.0]))
     g = fidelity._scaled_grad((w ** 2).sum(), [w], torch.float16)
     assert torch.equal(g, torch.tensor([3.0, -4.0], dtype=torch.float64))
+
+
+def test_attack_input_gradients_survive_float16():
+    """Under float16 autocast the attacks' input gradient is taken of the batch-size-scaled
+    loss: per-sample gradients of ~1e-8 that underflow to 0 unscaled (an FGSM step of 0) keep
+    float32's direction; bf16 (float32's range) is left unscaled."""
+    from gradalign_fast import attacks
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[1].weight.mul_(1e-4)
+    x, y = torch.rand(512, 1, 8, 8), torch.randint(0, 10, (512,))
+    g32 = attacks.input_gradient(model, x, y)
+    with torch.autocast("cpu", dtype=torch.float16):
+        g16 = attacks.input_gradient(model, x, y)
+        xr = x.clone().requires_grad_(True)
+        (raw,) = torch.autograd.grad(nn.functional.cross_entropy(model(xr), y), xr)
+    assert float((raw == 0).float().mean()) > 0.5  # what scaling avoids
+    cos = nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0)
+    assert float(cos) > 0.99 and g16.dtype == torch.float32
+    assert float(g16.norm() / g32.norm()) == pytest.approx(1.0, abs=0.02)
