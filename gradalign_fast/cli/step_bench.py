@@ -105,9 +105,9 @@ STEPS = [
     Variant("fgsm_bf16", "FGSM, bf16 autocast", _method(methods.FGSM, "bf16"), default=False),
     Variant("ga_bf16", "  exact, bf16 autocast", _method(methods.GradAlign, "bf16"),
             default=False),
-    Variant("ga_bf16_reg32", "  exact, bf16; GradAlign's pass in float32",
+    Variant("ga_bf16_reg32", "  exact, bf16; GradAlign pass in float32",
             _method(methods.GradAlign, "bf16-reg-fp32"), default=False),
-    Variant("ga_bf16_bn32", "  exact, bf16; BatchNorm in float32 in GradAlign's pass",
+    Variant("ga_bf16_bn32", "  exact, bf16; its BatchNorm in float32",
             _method(methods.GradAlign, "bf16-bn-fp32"), default=False),
 ]
 QUICK = dict(model_names=("mnist_cnn", "preact_resnet18_narrow"), batch_sizes=(32,), reps=5,
