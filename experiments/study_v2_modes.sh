@@ -8,5 +8,5 @@ OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m gradalign_fast sweep --dataset mni
   --n-train 10000 --epochs 8 --eps-warmup-epochs 4 --eps 76.5 --seeds 0,1,2,3,4 --n-eval 1000 \
   --eval-attacks clean,pgd-50-10,pgd-50-10+autoattack --monitor-every 100 --no-plots \
   --reference gradalign:lam=2 --out "${OUT:-runs/study_v2}/modes" \
-  --method gradalign:lam=2 --method gradalign_adaptive:lam=2 --method fgsm_rs \
-  --method gradalign:lam=2:fraction=0.2 --method elle_a:lam=1000
+  --method gradalign:lam=2 --method gradalign_adaptive:lam=2 --method fgsm_rs --method nfgsm \
+  --method gradalign:lam=2:fraction=0.2 --method gradalign:lam=2:every=4 --method elle_a:lam=1000
