@@ -28,7 +28,7 @@ def _phase(name: str):
         contextlib.nullcontext()
 
 
-def _train_mode_batchnorms(model) -> list | None:
+def batchnorm_layers(model) -> list | None:
     """The BatchNorm layers of model (their .training is read per call: train/eval can
     change); None for a callable that is not an nn.Module (it cannot be looked into)."""
     if not isinstance(model, nn.Module):
@@ -205,7 +205,7 @@ class GradAlignLoss(nn.Module):
         if facts is None or facts[0]() is not model:
             ref = weakref.ref(model) if isinstance(model, nn.Module) else (lambda: None)
             facts = self._model_facts = (ref, _compiled_module(model),
-                                         _train_mode_batchnorms(model))
+                                         batchnorm_layers(model))
         return facts[1:]
 
     def _check(self, model, x, y, grad_clean, noise) -> None:

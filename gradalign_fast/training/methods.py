@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import attacks, ops
-from ..gradalign import GradAlignLoss
+from ..gradalign import GradAlignLoss, batchnorm_layers
 
 
 class Method:
@@ -516,8 +516,7 @@ _BATCHNORM = weakref.WeakKeyDictionary()  # model -> whether it has a BatchNorm 
 
 def _has_batchnorm(model) -> bool:
     if model not in _BATCHNORM:
-        _BATCHNORM[model] = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                                for m in model.modules())
+        _BATCHNORM[model] = bool(batchnorm_layers(model))
     return _BATCHNORM[model]
 
 
