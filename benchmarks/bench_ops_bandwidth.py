@@ -4,7 +4,9 @@
     python benchmarks/bench_ops_bandwidth.py --device cpu --quick --out /tmp/x.json
 
 Each op runs on CIFAR-sized gradients (B in 128, 256, 512; 3x32x32) and an ImageNet-sized
-batch (B=64; 3x224x224), in float32 and bfloat16. Bytes counted: what the op must read plus what
+batch (B=64; 3x224x224), in float32 and bfloat16, beside its pure-PyTorch reference
+(gradalign_fast.ops.reference: the unfused ops it replaces) on the same inputs and timer, so a
+kernel slower than what it fuses shows as "x ref" > 1. Bytes counted: what the op must read plus what
 it writes (the [B] vectors included). On CUDA the time of one call is the median over many
 reps of CUDA-event pairs, queued behind a sleep kernel so the events time the GPU, not the
 launch; the inputs rotate over enough copies to exceed twice the L2 cache. The copy bandwidth
@@ -26,6 +28,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import gradalign_fast as gf  # noqa: E402
 from gradalign_fast import ops  # noqa: E402
+from gradalign_fast.ops import reference  # noqa: E402
 
 CIFAR = (3, 32, 32)
 IMAGENET = (3, 224, 224)
@@ -33,7 +36,7 @@ IMAGENET = (3, 224, 224)
 
 # ----------------------------------------------------------------------------- the ops
 def _op_table(dtype, device):
-    """name -> (make_inputs(shape) -> tuple, call(*inputs), bytes(shape))."""
+    """name -> (make_inputs(shape) -> tuple, call(*inputs), bytes(shape), reference call)."""
     es = torch.tensor([], dtype=dtype).element_size()
     acc = 8 if dtype == torch.float64 else 4
 
@@ -53,21 +56,29 @@ def _op_table(dtype, device):
         cos, na, nb = ops.cosine(a, b)
         return torch.ones_like(cos), a, b, cos, na, nb
 
+    def step(f, x, d, g):
+        return f(x, d, g, 2 / 255, 8 / 255, 0.0, 1.0, True)
+
+    def delta(f, clip, radius):
+        return lambda x: f(x, radius, 0.0, 1.0, clip, None)
+
+    def image(s):
+        return (torch.rand(s, dtype=dtype, device=device),)
+
     return {
-        "cosine_fwd": (pair, lambda a, b: ops.cosine(a, b),
-                       lambda s: 2 * n(s) * es + 3 * s[0] * acc),
-        "cosine_bwd": (bwd_inputs, lambda *t: ops.cosine_backward(*t),
-                       lambda s: 3 * n(s) * es + 4 * s[0] * acc),
-        "attack_step": (attack, lambda x, d, g: ops.attack_step(x, d, g, 2 / 255, 8 / 255),
-                        lambda s: 4 * n(s) * es),
-        "attack_step_": (attack, lambda x, d, g: ops.attack_step_(x, d, g, 2 / 255, 8 / 255),
-                         lambda s: 4 * n(s) * es),
-        "random_delta": (lambda s: (torch.rand(s, dtype=dtype, device=device),),
-                         lambda x: ops.random_delta(x, 8 / 255, 0.0, 1.0, True),
-                         lambda s: 2 * n(s) * es),
-        "random_delta_noclip": (lambda s: (torch.rand(s, dtype=dtype, device=device),),
-                                lambda x: ops.random_delta(x, 16 / 255, 0.0, 1.0, False),
-                                lambda s: n(s) * es),
+        "cosine_fwd": (pair, ops.cosine, lambda s: 2 * n(s) * es + 3 * s[0] * acc,
+                       reference.cosine),
+        "cosine_bwd": (bwd_inputs, ops.cosine_backward,
+                       lambda s: 3 * n(s) * es + 4 * s[0] * acc, reference.cosine_backward),
+        "attack_step": (attack, lambda *t: step(ops.attack_step, *t), lambda s: 4 * n(s) * es,
+                        lambda *t: step(reference.attack_step, *t)),
+        "attack_step_": (attack, lambda *t: step(ops.attack_step_, *t), lambda s: 4 * n(s) * es,
+                         lambda x, d, g: d.copy_(step(reference.attack_step, x, d, g))),
+        "random_delta": (image, delta(ops.random_delta, True, 8 / 255), lambda s: 2 * n(s) * es,
+                         delta(reference.random_delta, True, 8 / 255)),
+        "random_delta_noclip": (image, delta(ops.random_delta, False, 16 / 255),
+                                lambda s: n(s) * es,
+                                delta(reference.random_delta, False, 16 / 255)),
     }
 
 
@@ -146,7 +157,7 @@ def run(args) -> dict:
 
     rows = []
     for dtype in dtypes:
-        for op, (make, call, nbytes) in _op_table(dtype, device).items():
+        for op, (make, call, nbytes, ref) in _op_table(dtype, device).items():
             if args.ops and op not in args.ops:
                 continue
             for shape in shapes:
@@ -155,11 +166,13 @@ def run(args) -> dict:
                 sets = [make(shape) for _ in range(n_sets)]
                 timer = _time_cuda if device.type == "cuda" else _time_cpu
                 t, host = timer(call, sets, reps, warmup)
+                t_ref, _ = timer(ref, sets, reps, warmup)
                 bw = bytes_call / t
                 rows.append({
                     "op": op, "dtype": str(dtype).replace("torch.", ""), "shape": list(shape),
                     "bytes": bytes_call, "time_us": t * 1e6, "host_us": host * 1e6,
                     "GBps": bw / 1e9, "pct_copy": 100 * bw / copy_bw, "input_sets": n_sets,
+                    "ref_us": t_ref * 1e6, "x_ref": t / t_ref,
                 })
                 del sets
     return {
@@ -177,14 +190,14 @@ def print_table(res: dict) -> None:
     print(f"# copy bandwidth (read+write): {res['copy_GBps']:.1f} GB/s; "
           f"compiled ops: {res['compiled_ops']}, CUDA kernels: {res['cuda_ops']}")
     head = f"{'op':<20} {'dtype':<9} {'shape':<18} {'MB':>8} {'time us':>10} {'host us':>10} " \
-           f"{'GB/s':>8} {'% copy':>7}"
+           f"{'GB/s':>8} {'% copy':>7} {'ref us':>10} {'x ref':>6}"
     print(head)
     print("-" * len(head))
     for r in res["rows"]:
         shape = "x".join(map(str, r["shape"]))
         print(f"{r['op']:<20} {r['dtype']:<9} {shape:<18} {r['bytes'] / 1e6:>8.2f} "
               f"{r['time_us']:>10.1f} {r['host_us']:>10.1f} {r['GBps']:>8.1f} "
-              f"{r['pct_copy']:>6.1f}%")
+              f"{r['pct_copy']:>6.1f}% {r['ref_us']:>10.1f} {r['x_ref']:>6.2f}")
 
 
 def main(argv=None) -> int:

@@ -6,17 +6,24 @@
 
 namespace gradalign_fast {
 
+// The formulas are branch-free: a branch per element on the sign of a random gradient
+// mispredicts half the time (the CPU kernel ran at ~7 ns per element with nested ternaries,
+// 2.6x slower than the five PyTorch ops it fuses); comparisons turned into values and
+// one-sided selects compile to setcc/max/min instructions.
+
 // torch.sign: 1, -1, or +0 for +-0 and NaN (a NaN gradient element gives no step, as in
 // the reference; both comparisons are false for NaN).
 template <typename T>
 C10_HOST_DEVICE inline T sign_of(T g) {
-  return g > T(0) ? T(1) : (g < T(0) ? T(-1) : T(0));
+  return T(g > T(0)) - T(g < T(0));
 }
 
-// torch.clamp: a NaN input stays NaN (both comparisons are false).
+// torch.clamp for lo <= hi (the ops check it): a NaN input stays NaN (both comparisons are
+// false).
 template <typename T>
 C10_HOST_DEVICE inline T clamp_nan(T v, T lo, T hi) {
-  return v < lo ? lo : (v > hi ? hi : v);
+  v = v < lo ? lo : v;
+  return v > hi ? hi : v;
 }
 
 // delta after the input box: clamp(x + delta, lo, hi) - x.
