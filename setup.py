@@ -94,7 +94,8 @@ def _default_arch_list(cuda_home):
 
 
 def _sources():
-    cpu = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cpu = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp")
+                 + glob.glob("csrc/autograd/*.cpp"))
     cuda = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
     headers = sorted(glob.glob("csrc/**/*.h", recursive=True)
                      + glob.glob("csrc/**/*.cuh", recursive=True))

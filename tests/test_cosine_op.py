@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import gradalign_fast as gf
 from gradalign_fast import ops
 from gradalign_fast.ops import reference
 
@@ -37,6 +38,25 @@ def test_zero_gradients_are_left_out(device):
     (ops.cosine(a, b)[0] * w).sum().backward()
     torch.testing.assert_close(a.grad, ra.grad, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(b.grad, rb.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_autograd_is_the_cpp_function_and_differentiates_only_what_needs_it(device):
+    """The compiled op's autograd is registered in C++ (csrc/autograd/cosine_autograd.cpp: no
+    Python per call); with a detached `a` (GradAlign's clean gradient) only b gets a gradient,
+    and the norms carry none."""
+    if not gf.has_ops():
+        pytest.skip(f"compiled ops not loaded: {gf.ops_error()}")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("gradalign_fast::cosine", "Autograd")
+    a, b = _pair((3, 2, 5), device=device)
+    b.requires_grad_(True)
+    cos, na, nb = ops.cosine(a, b)
+    assert type(cos.grad_fn).__name__ == "CppFunction"
+    assert not na.requires_grad and not nb.requires_grad
+    cos.sum().backward()
+    rb = b.detach().clone().requires_grad_()
+    reference.cosine(a, rb)[0].sum().backward()
+    torch.testing.assert_close(b.grad, rb.grad, rtol=1e-12, atol=1e-12)
+    assert a.grad is None
 
 
 def test_all_zero_batch(device):

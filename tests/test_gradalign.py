@@ -427,7 +427,7 @@ def test_captured_gradalign_step_redraws_noise_and_checks_options():
     methods, x, y, model = _cuda_setup()
     opt = torch.optim.SGD(model.parameters(), 0.01)
     with pytest.raises(ValueError, match="check_finite=False"):
-        CapturedStep(methods.GradAlign(0.1, 1.0), model, opt, x, y)
+        CapturedStep(methods.GradAlign(0.1, 1.0, check_finite=True), model, opt, x, y)
     with pytest.raises(ValueError, match="every > 1"):
         CapturedStep(methods.GradAlign(0.1, 1.0, check_finite=False, every=2), model, opt, x, y)
     step = CapturedStep(methods.GradAlign(0.1, 1.0, check_finite=False), model, opt, x, y)

@@ -66,6 +66,20 @@ def test_gradalign_step_equals_reference_loss_and_gradient():
         torch.testing.assert_close(p0 - p1, g)
 
 
+def test_gradalign_step_checks_x_for_nan_once_in_its_attack():
+    """The method's regulariser skips its own NaN/inf check (a second host sync per step on a
+    GPU): the step's FGSM attack has checked the same x, so a NaN still stops the step, with
+    the attack's message; an explicit check_finite=True keeps the regulariser's check too."""
+    model, (x, y) = _model(), _batch()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    method = make_method("gradalign", EPS, lam=0.5)
+    assert method._loss.check_finite is False
+    assert make_method("gradalign", EPS, lam=0.5, check_finite=True)._loss.check_finite
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="attacks.fgsm: `x` contains NaN"):
+        train_step(method, model, opt, x, y)
+
+
 def test_gradalign_step_with_batchnorm_equals_one_backward_in_the_authors_order():
     """train_step backpropagates the loss before the regulariser's forward (memory): the
     update and BatchNorm's running statistics must equal the authors' step, where the forwards

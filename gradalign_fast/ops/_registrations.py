@@ -1,7 +1,10 @@
-"""Fake (meta) kernels and autograd of the compiled ops; imported only when they loaded.
+"""Fake (meta) kernels of the compiled ops, and the autograd of relu_affine_backward;
+imported only when they loaded.
 
 The fake kernels run the kernels' argument checks (_checks.py, the messages of
-csrc/op_checks.h) and return outputs shaped, typed and laid out as the kernels' are.
+csrc/op_checks.h) and return outputs shaped, typed and laid out as the kernels' are. The
+autograd of `cosine`, the op every GradAlign step calls, is registered in C++
+(csrc/autograd/cosine_autograd.cpp): no Python on its forward or backward.
 """
 from __future__ import annotations
 
@@ -45,28 +48,6 @@ def _random_delta_fake(x, radius, lo, hi, clip_to_box, generator=None):
 def _relu_affine_backward_fake(grad, x, scale, shift):
     _checks.check_relu_affine_inputs(grad, x, scale, shift)
     return torch.empty_like(grad)
-
-
-def _cosine_setup_context(ctx, inputs, output):
-    a, b = inputs
-    cos, norm_a, norm_b = output
-    # The norms are returned for masking and monitoring; they carry no gradient.
-    ctx.mark_non_differentiable(norm_a, norm_b)
-    ctx.save_for_backward(a, b, cos, norm_a, norm_b)
-
-
-def _cosine_backward(ctx, grad_cos, _grad_norm_a, _grad_norm_b):
-    a, b, cos, norm_a, norm_b = ctx.saved_tensors
-    grad_a = grad_b = None
-    if ctx.needs_input_grad[0]:
-        grad_a = torch.ops.gradalign_fast.cosine_backward(grad_cos, a, b, cos, norm_a, norm_b)
-    if ctx.needs_input_grad[1]:
-        grad_b = torch.ops.gradalign_fast.cosine_backward(grad_cos, b, a, cos, norm_b, norm_a)
-    return grad_a, grad_b
-
-
-torch.library.register_autograd("gradalign_fast::cosine", _cosine_backward,
-                                setup_context=_cosine_setup_context)
 
 
 def _relu_affine_setup_context(ctx, inputs, output):

@@ -116,6 +116,9 @@ class GradAlign(FGSM):
         lo, hi = kw.pop("lo", 0.0), kw.pop("hi", 1.0)
         super().__init__(eps, lo=lo, hi=hi)
         self.lam = float(lam)
+        # The step's FGSM attack has checked this x for NaN/inf; the regulariser's own check
+        # would repeat it (a second host sync per step on a GPU).
+        kw.setdefault("check_finite", False)
         self._loss = GradAlignLoss(self.eps, self.lam, **kw)
 
     @property
