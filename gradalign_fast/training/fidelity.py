@@ -40,6 +40,7 @@ from .checkpoint import load_checkpoint, read
 from .datasets import load_dataset, take
 from .methods import METHODS, Method, make_method
 from .sweep import parse_method
+from .tables import md_table
 
 EXACT = "gradalign"
 
@@ -176,14 +177,12 @@ def markdown(result: dict) -> str:
     head = ["mode", "snapshots", "cos (median)", "cos (min)", "norm ratio (median)",
             "rel. bias (median)", "rel. bias (max)", "single-draw rel. var. (median)",
             "single-draw cos (median)", "ms / draw"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in summary(result["rows"]):
-        lines.append(f"| `{s['mode']}` | {s['snapshots']} | {s['cos_median']:.3f} | "
-                     f"{s['cos_min']:.3f} | {s['norm_ratio_median']:.3f} | "
-                     f"{s['rel_bias_median']:.3f} | {s['rel_bias_max']:.3f} | "
-                     f"{s['rel_var_median']:.3g} | {s['single_cos_median']:.3f} | "
-                     f"{s['ms_per_draw']:.0f} |")
-    return "\n".join(lines)
+    return md_table(head, [
+        [f"`{s['mode']}`", str(s["snapshots"]), f"{s['cos_median']:.3f}", f"{s['cos_min']:.3f}",
+         f"{s['norm_ratio_median']:.3f}", f"{s['rel_bias_median']:.3f}",
+         f"{s['rel_bias_max']:.3f}", f"{s['rel_var_median']:.3g}",
+         f"{s['single_cos_median']:.3f}", f"{s['ms_per_draw']:.0f}"]
+        for s in summary(result["rows"])])
 
 
 def plot(result: dict, path, co_iteration: int | None = None) -> None:
@@ -327,18 +326,18 @@ def precision_markdown(result: dict) -> str:
     head = ["policy", "snapshots", "reg. grad cos (median)", "reg. grad cos (min)",
             "reg. grad norm ratio", "loss grad cos (median)", "loss grad norm ratio",
             "eta's own cos (median)", "ms / draw"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = []
     for name in dict.fromkeys(r["policy"] for r in result["rows"]):
         rs = [r for r in result["rows"] if r["policy"] == name]
 
         def med(k):
             return st.median(r[k] for r in rs)
 
-        lines.append(f"| `{name}` | {len(rs)} | {med('reg_cos'):.4f} | "
-                     f"{min(r['reg_cos'] for r in rs):.4f} | {med('reg_norm_ratio'):.3f} | "
-                     f"{med('loss_cos'):.5f} | {med('loss_norm_ratio'):.4f} | "
-                     f"{med('noise_cos'):.3f} | {1000 * med('s_per_draw'):.0f} |")
-    return "\n".join(lines)
+        table.append([f"`{name}`", str(len(rs)), f"{med('reg_cos'):.4f}",
+                      f"{min(r['reg_cos'] for r in rs):.4f}", f"{med('reg_norm_ratio'):.3f}",
+                      f"{med('loss_cos'):.5f}", f"{med('loss_norm_ratio'):.4f}",
+                      f"{med('noise_cos'):.3f}", f"{1000 * med('s_per_draw'):.0f}"])
+    return md_table(head, table)
 
 
 def precision_plot(result: dict, path) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .stats import bootstrap_mean_ci, fisher_greater, wilson
+from .tables import md_table
 
 COLLAPSED = 0.05
 MARGIN = 0.03  # equivalence margin on the primary accuracy (3 points)
@@ -101,8 +102,7 @@ def markdown(rows: list[dict], reference: str) -> str:
     head = (["method", "eps (/255)", "seeds"] + [f"{a} (%)" for a in attacks]
             + [f"Δ {a} vs ref. (pts)" for a in robust]
             + ["collapsed [95% CI]", "p(collapses more)", "train time (s)", "verdict"])
-    lines = [f"Reference: `{reference}`. Δ = mean paired difference (same seeds) with its 95% "
-             "bootstrap interval.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = []
     for r in rows:
         cells = [f"`{r['method']}`", f"{r['eps_255']:g}", str(r["seeds"])]
         cells += [f"{100 * r['acc'][a][0]:.1f} ± {100 * r['acc'][a][1]:.1f}" for a in attacks]
@@ -113,5 +113,6 @@ def markdown(rows: list[dict], reference: str) -> str:
         lo, hi = r["co_rate_ci"]
         cells += [f"{r['collapsed']}/{r['seeds']} [{100 * lo:.0f}, {100 * hi:.0f}]%",
                   f"{r['p_collapse_more']:.3f}", f"{r['train_time_s']:.0f}", r["verdict"]]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append(cells)
+    return (f"Reference: `{reference}`. Δ = mean paired difference (same seeds) with its 95% "
+            f"bootstrap interval.\n\n" + md_table(head, table))

@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .study import COLLAPSED, collapsed
+from .tables import md_table
 from .trainer import RUN_FILES, TrainConfig, train
 
 
@@ -158,7 +159,7 @@ def markdown_table(rows: list[dict]) -> str:
     attacks = [k for k in rows[0] if k not in meta and not k.endswith("_std")] if rows else []
     head = ["method", "eps (/255)", "seeds"] + [f"{a} acc. (%)" for a in attacks] + [
         "train time (s)", "CO flagged (epoch)", f"collapsed (< {100 * COLLAPSED:g}%)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = []
     for r in rows:
         cells = [r["method"], f"{r['eps_255']:g}", str(r["seeds"])]
         cells += [f"{100 * r[a]:.1f} ± {100 * r[a + '_std']:.1f}" for a in attacks]
@@ -166,5 +167,5 @@ def markdown_table(rows: list[dict]) -> str:
         cells.append(f"{r['co_runs']}/{r['seeds']}" + (f" ({r['co_epochs']})" if r["co_runs"]
                                                         else ""))
         cells.append(f"{r['collapsed_runs']}/{r['seeds']}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append(cells)
+    return md_table(head, table)
