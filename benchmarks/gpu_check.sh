@@ -165,6 +165,10 @@ def load(name):
             return json.load(f)
     except (OSError, ValueError):
         return None
+def table(head, rows):
+    """Markdown table lines: header, separator, one line per row (cells formatted by str)."""
+    return (["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 stages = []
 for line in open(os.path.join(work, "stages.tsv")):
     name, status, sec, cap = line.rstrip("\n").split("\t")
@@ -178,9 +182,9 @@ with open(os.path.join(out, "results.json"), "w") as f:
 
 md = [f"# gradalign_fast GPU check: {device}", "",
       f"{'DRY RUN (CPU, small sizes; sanitizers listed, not run). ' if dry == '1' else ''}"
-      f"Total {total} s of a {budget} s budget; failed stages: {failed}.", "",
-      "| stage | status | seconds | cap |", "| --- | --- | --- | --- |"]
-md += [f"| {s['stage']} | {s['status']} | {s['seconds']} | {s['cap_s']} |" for s in stages]
+      f"Total {total} s of a {budget} s budget; failed stages: {failed}.", ""]
+md += table(["stage", "status", "seconds", "cap"],
+            [[s["stage"], s["status"], s["seconds"], s["cap_s"]] for s in stages])
 info = res["info"]
 if info:
     v = info["versions"]
@@ -193,27 +197,28 @@ if info:
 st = res["steps"]
 if st:
     md += ["", f"**steps** ({st['model']}, batch {st['batch']}; ms per step, ratio to FGSM, "
-           "peak MiB)", "", "| amp | channels_last | step | ms | x FGSM | peak MiB |",
-           "| --- | --- | --- | --- | --- | --- |"]
-    md += [f"| {r['amp']} | {r['channels_last']} | {r['step']} | {r['ms']} | {r['ratio']} | "
-           f"{r['peak_mib']} |" for r in st["eager"]]
+           "peak MiB)", ""]
+    md += table(["amp", "channels_last", "step", "ms", "x FGSM", "peak MiB"],
+                [[r["amp"], r["channels_last"], r["step"], r["ms"], r["ratio"], r["peak_mib"]]
+                 for r in st["eager"]])
     if st["cuda_graph"]:
-        md += ["", "| CUDA graph | amp | eager ms | graph ms | speed-up |", "| --- | --- | --- | --- | --- |"]
-        md += [f"| {r['step']} | {r['amp']} | {r.get('eager_ms')} | {r.get('graph_ms')} | "
-               f"{r.get('speedup', r.get('error'))} |" for r in st["cuda_graph"]]
+        md += [""] + table(["CUDA graph", "amp", "eager ms", "graph ms", "speed-up"],
+                           [[r["step"], r["amp"], r.get("eager_ms"), r.get("graph_ms"),
+                             r.get("speedup", r.get("error"))] for r in st["cuda_graph"]])
 ep = res["epoch"]
 if ep:
     md += ["", f"**epoch** ({ep['model']}, batch {ep['batch']}, {ep['n_train']} synthetic "
-           "CIFAR-shaped images timed)", "", "| method | amp | ms/step | s per 50k epoch |",
-           "| --- | --- | --- | --- |"]
-    md += [f"| {r['method']} | {r['amp']} | {r['ms_per_step']} | {r['cifar10_epoch_s']} |"
-           for r in ep["runs"]]
+           "CIFAR-shaped images timed)", ""]
+    md += table(["method", "amp", "ms/step", "s per 50k epoch"],
+                [[r["method"], r["amp"], r["ms_per_step"], r["cifar10_epoch_s"]]
+                 for r in ep["runs"]])
 bo = res["bench_ops"]
 if bo and bo.get("rows"):
-    md += ["", "**op bandwidth** (bytes the op must move / GPU time)", "",
-           "| op | dtype | shape | us | GB/s | % of copy |", "| --- | --- | --- | --- | --- | --- |"]
-    md += [f"| {r['op']} | {r['dtype']} | {r['shape']} | {r['time_us']:.1f} | {r['GBps']:.0f} | "
-           f"{r['pct_copy']:.0f} |" for r in bo["rows"]]
+    md += ["", "**op bandwidth** (bytes the op must move / GPU time; x ref: time over the "
+           "pure-PyTorch reference's)", ""]
+    md += table(["op", "dtype", "shape", "us", "GB/s", "% of copy", "x ref"],
+                [[r["op"], r["dtype"], r["shape"], f"{r['time_us']:.1f}", f"{r['GBps']:.0f}",
+                  f"{r['pct_copy']:.0f}", f"{r['x_ref']:.2f}"] for r in bo["rows"]])
 with open(os.path.join(out, "summary.md"), "w") as f:
     f.write("\n".join(md) + "\n")
 PYEOF
