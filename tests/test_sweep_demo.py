@@ -86,6 +86,22 @@ def test_sweep_end_to_end_and_resumable(tmp_path, capsys):
     assert sorted(tmp_path.rglob("final.json")) == finals
 
 
+def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+    """A NaN loss in one run (lr 1e8) does not stop the study: the run's final.json says
+    diverged, scores 0 everywhere (collapsed by the study's rule), and the next run trains."""
+    args = ["sweep", "--method", "fgsm", "--eps", "76.5", "--seeds", "0,1", "--out",
+            str(tmp_path), *TINY, "--lr-max", "1e8"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Recorded as diverged" in out
+    for seed in (0, 1):
+        final = json.loads((tmp_path / "fgsm" / "eps76.5" / f"seed{seed}" /
+                            "final.json").read_text())
+        assert "training diverged" in final["diverged"]
+        assert final["accuracy"] == {"clean": 0.0, "pgd-2-1": 0.0} and final["seed"] == seed
+    assert "| fgsm | 76.5 | 2 | 0.0 ± 0.0 | 0.0 ± 0.0 |" in out
+
+
 def test_sweep_errors_are_clear(tmp_path, capsys):
     assert main(["sweep", "--method", "gradalign:rho=1", "--eps", "8", "--out",
                  str(tmp_path), *TINY]) == 1

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from .study import COLLAPSED, collapsed
 from .tables import md_table
-from .trainer import RUN_FILES, TrainConfig, train
+from . import evaluation
+from .trainer import RUN_FILES, TrainConfig, TrainingDiverged, train
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,28 @@ def _drop_unresumable(run_dir: Path, bar) -> None:
         bar.write(f"{run_dir}: interrupted before its first checkpoint; starting it again")
 
 
+def diverged_final(cfg: TrainConfig, run_dir: Path, error: TrainingDiverged) -> dict:
+    """The final.json of a run whose training loss became NaN/inf, so that a study goes on
+    and counts it: its outputs are NaN, no prediction is correct (every accuracy 0: collapsed
+    by the study's rule, reported as diverged by `diverged`, the trainer's message); the
+    training time and the monitor's CO flags are read back from its metrics.jsonl."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if line.strip()] if (run_dir / "metrics.jsonl").exists() else []
+    epochs = [r for r in rows if r.get("kind") == "epoch"]
+    co = next((r["epoch"] for r in epochs if r.get("co")), None)
+    return {"method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "eps": cfg.eps,
+            "eps_255": cfg.eps * 255, "lam": cfg.lam, "seed": cfg.seed,
+            "epochs_done": len(epochs), "diverged": str(error),
+            "accuracy": {a.name: 0.0 for a in evaluation.parse_attacks(cfg.eval_attacks)},
+            "train_time_s": sum(r.get("epoch_time_s", 0.0) for r in epochs),
+            "co": co is not None, "co_epoch": co, "out_dir": str(run_dir)}
+
+
 def run_grid(runs: list[RunSpec], base: TrainConfig, out, progress: bool = True,
              train_missing: bool = True) -> list[dict]:
     """Trains (or reads back) every run; returns their final.json dicts, with 'label' added.
-    With train_missing=False, unfinished runs are left out (a report of what exists)."""
+    With train_missing=False, unfinished runs are left out (a report of what exists). A run
+    that diverges (NaN/inf loss) is recorded by diverged_final and the sweep goes on."""
     out = Path(out)
     finals = []
     bar = tqdm(runs, desc="sweep", disable=not progress)
@@ -108,7 +127,12 @@ def run_grid(runs: list[RunSpec], base: TrainConfig, out, progress: bool = True,
         else:
             _drop_unresumable(d, bar)
             cfg = replace(_config(base, run, out), resume=(d / "checkpoint.pt").exists())
-            final = train(cfg)
+            try:
+                final = train(cfg)
+            except TrainingDiverged as e:
+                final = diverged_final(cfg, d, e)
+                (d / "final.json").write_text(json.dumps(final, indent=1))
+                bar.write(f"{d}: {e} Recorded as diverged (every accuracy 0); the sweep goes on.")
         finals.append({**final, "label": run.method.label, "run_dir": str(d)})
     return finals
 

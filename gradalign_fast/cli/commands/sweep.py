@@ -102,8 +102,11 @@ def run(args) -> int:
         from .plot import load_curves, plot_curves
 
         for e in eps:
+            # a run that diverged before its first epoch ended has no curve to draw
             dirs = [Path(f["run_dir"]) for f in finals
-                    if abs(f["eps"] - e) < 1e-9 and f["seed"] == seeds[0]]
+                    if abs(f["eps"] - e) < 1e-9 and f["seed"] == seeds[0] and f["epochs_done"]]
+            if not dirs:
+                continue
             png = Path(args.out) / f"fig_a_eps{e * 255:g}.png"
             plot_curves([load_curves(d) for d in dirs], png,
                         title=f"{args.dataset}, eps = {e * 255:g}/255, seed {seeds[0]}")
