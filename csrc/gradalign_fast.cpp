@@ -34,7 +34,9 @@ TORCH_LIBRARY(gradalign_fast, m) {
   m.def("cosine(Tensor a, Tensor b) -> (Tensor, Tensor, Tensor)");
   // Gradient of sum_i grad_cos[i] * cos[i] with respect to `a` (call with a and b swapped for
   // the gradient with respect to b):
-  //   grad_a_i = grad_cos[i] * (b_i / (|a_i| |b_i|) - cos[i] * a_i / |a_i|^2), 0 for zero norms.
+  //   grad_a_i = grad_cos[i] * (b_i / (|a_i| |b_i|) - cos[i] * a_i / |a_i|^2), 0 for zero norms
+  // (and for norms below the smallest normal number of the math type, whose reciprocal overflows),
+  // computed with one norm per division (csrc/cosine_math.h): no underflowing norm product.
   // Returns a tensor shaped, typed and laid out like `a`.
   m.def("cosine_backward(Tensor grad_cos, Tensor a, Tensor b, Tensor cos, Tensor norm_a, "
         "Tensor norm_b) -> Tensor");

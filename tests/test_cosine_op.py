@@ -59,6 +59,30 @@ def test_autograd_is_the_cpp_function_and_differentiates_only_what_needs_it(devi
     assert a.grad is None
 
 
+@pytest.mark.parametrize("scale", [1e-10, 1e-18, 1e-22, 1e-25, 1e-30])
+def test_tiny_gradients_give_finite_float32_results_like_float64(scale, device):
+    """Input gradients of a confident model reach norms of 1e-19 and below, where the product
+    of two float32 norms underflows: the old 1 / (|a| |b|) made d cos / d b infinite and an
+    exact-GradAlign MNIST run NaN. With one norm per division the float32 op agrees with
+    float64 on the same inputs, down to norms near float32's smallest normal number."""
+    torch.manual_seed(0)
+    a64, b64 = (scale * t for t in _pair((4, 1, 28, 28), device=device))
+    w = torch.arange(1.0, 5.0, dtype=torch.float64, device=device)
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        a, b = a64.to(dtype), b64.to(dtype).requires_grad_(True)
+        cos, na, nb = ops.cosine(a, b)
+        (cos * w.to(cos.dtype)).sum().backward()
+        assert torch.isfinite(cos).all() and torch.isfinite(b.grad).all()
+        grads.append((cos.double(), b.grad.double()))
+    (c32, g32), (c64, g64) = grads
+    if device == "cuda" and scale < 1e-18:
+        return  # CUDA sums float32 squares in float32: below ~1e-19 they underflow (finite)
+    torch.testing.assert_close(c32, c64, rtol=1e-5, atol=1e-6)
+    # relative to the whole gradient's norm (it scales as 1 / scale)
+    assert (g32 - g64).norm() <= 1e-5 * g64.norm()
+
+
 def test_all_zero_batch(device):
     a = torch.zeros(3, 5, dtype=torch.float64, device=device, requires_grad=True)
     b = torch.zeros(3, 5, dtype=torch.float64, device=device, requires_grad=True)

@@ -77,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_cpu(const at::Tensor& a,
         });
         const acc_t norm_a = std::sqrt(s.aa), norm_b = std::sqrt(s.bb);
         const bool valid = s.aa > 0 && s.bb > 0;
-        pc[i] = static_cast<out_t>(valid ? s.ab / (norm_a * norm_b) : acc_t(0));
+        pc[i] = static_cast<out_t>(valid ? s.ab / norm_a / norm_b : acc_t(0));  // no norm product: it underflows
         pna[i] = static_cast<out_t>(norm_a);
         pnb[i] = static_cast<out_t>(norm_b);
       }

@@ -139,7 +139,7 @@ __device__ __forceinline__ void write_cosine(const DotNorms<acc_t>& s, int64_t i
                                              acc_t* __restrict__ nb) {
   const acc_t norm_a = sqrt_acc(s.aa), norm_b = sqrt_acc(s.bb);
   const bool valid = s.aa > 0 && s.bb > 0;
-  cos[i] = valid ? s.ab / (norm_a * norm_b) : acc_t(0);
+  cos[i] = valid ? s.ab / norm_a / norm_b : acc_t(0);  // no norm product: it underflows
   na[i] = norm_a;
   nb[i] = norm_b;
 }

@@ -25,21 +25,29 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     norm_a = torch.linalg.vector_norm(a2, dim=1)
     norm_b = torch.linalg.vector_norm(b2, dim=1)
     valid = (norm_a > 0) & (norm_b > 0)
-    denom = torch.where(valid, norm_a * norm_b, torch.ones_like(norm_a))
-    cos = torch.where(valid, (a2 * b2).sum(1) / denom, torch.zeros_like(norm_a))
+    one = torch.ones_like(norm_a)
+    # one norm per division: the product of two norms below ~1e-19 underflows in float32
+    cos = torch.where(valid, (a2 * b2).sum(1) / torch.where(valid, norm_a, one)
+                      / torch.where(valid, norm_b, one), torch.zeros_like(norm_a))
     return cos, norm_a.detach(), norm_b.detach()
 
 
 def cosine_backward(grad_cos, a, b, cos, norm_a, norm_b) -> torch.Tensor:
-    """d(sum grad_cos * cos)/da, shaped like a; 0 for samples with a zero norm."""
-    valid = (norm_a > 0) & (norm_b > 0)
+    """d(sum grad_cos * cos)/da, shaped like a; 0 for samples with a zero norm (or a norm
+    below the smallest normal number, whose reciprocal overflows). Written as
+    (g / |a|) * (b / |b| - (cos / |a|) * a): one norm per division (csrc/cosine_math.h)."""
+    tiny = torch.finfo(norm_a.dtype).tiny
+    valid = (norm_a >= tiny) & (norm_b >= tiny)
     one = torch.ones_like(norm_a)
-    inv_ab = torch.where(valid, 1.0 / torch.where(valid, norm_a * norm_b, one), 0 * one)
-    cos_over_aa = torch.where(valid, cos / torch.where(valid, norm_a * norm_a, one), 0 * one)
-    g = torch.where(valid, grad_cos.to(norm_a.dtype), 0 * one)
+    na, nb = torch.where(valid, norm_a, one), torch.where(valid, norm_b, one)
+    zero = torch.zeros_like(norm_a)
+    g_over_a = torch.where(valid, grad_cos.to(norm_a.dtype) / na, zero)
+    inv_b = torch.where(valid, 1.0 / nb, zero)
+    cos_over_a = torch.where(valid, cos / na, zero)
     view = (-1,) + (1,) * (a.dim() - 1)
     math = _acc_dtype(a.dtype)
-    out = g.view(view) * (b.to(math) * inv_ab.view(view) - a.to(math) * cos_over_aa.view(view))
+    out = g_over_a.view(view) * (b.to(math) * inv_b.view(view)
+                                 - a.to(math) * cos_over_a.view(view))
     return out.to(a.dtype)
 
 
