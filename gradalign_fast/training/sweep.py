@@ -14,10 +14,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from . import evaluation
+from .monitor import MetricsLog
 from .study import COLLAPSED, collapsed
 from .tables import md_table
-from . import evaluation
-from .trainer import RUN_FILES, TrainConfig, TrainingDiverged, train
+from .trainer import RUN_FILES, TrainConfig, TrainingDiverged, train, write_json
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,7 @@ def diverged_final(cfg: TrainConfig, run_dir: Path, error: TrainingDiverged) -> 
     and counts it: its outputs are NaN, no prediction is correct (every accuracy 0: collapsed
     by the study's rule, reported as diverged by `diverged`, the trainer's message); the
     training time and the monitor's CO flags are read back from its metrics.jsonl."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if line.strip()] if (run_dir / "metrics.jsonl").exists() else []
-    epochs = [r for r in rows if r.get("kind") == "epoch"]
+    epochs = [r for r in MetricsLog(run_dir / "metrics.jsonl").read() if r.get("kind") == "epoch"]
     co = next((r["epoch"] for r in epochs if r.get("co")), None)
     return {"method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "eps": cfg.eps,
             "eps_255": cfg.eps * 255, "lam": cfg.lam, "seed": cfg.seed,
@@ -131,7 +130,7 @@ def run_grid(runs: list[RunSpec], base: TrainConfig, out, progress: bool = True,
                 final = train(cfg)
             except TrainingDiverged as e:
                 final = diverged_final(cfg, d, e)
-                (d / "final.json").write_text(json.dumps(final, indent=1))
+                write_json(d / "final.json", final)
                 bar.write(f"{d}: {e} Recorded as diverged (every accuracy 0); the sweep goes on.")
         finals.append({**final, "label": run.method.label, "run_dir": str(d)})
     return finals

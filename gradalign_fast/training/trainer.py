@@ -223,7 +223,9 @@ def _method_kwargs(cfg: TrainConfig) -> dict:
     return kw
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
+    """obj as JSON at path, written atomically: a run's final.json marks it finished, so it
+    is never left half-written."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     tmp.replace(path)
@@ -302,7 +304,7 @@ class _Run:
                 self.log.keep_until(self.it)
         elif self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            _write_json(self.out / "config.json", asdict(cfg))
+            write_json(self.out / "config.json", asdict(cfg))
         if self.info.enabled:  # same init everywhere (DDP broadcasts it), own noise per rank
             torch.manual_seed(cfg.seed + 1000 * self.info.rank)
         self.model = distributed.wrap(net, self.info, cfg.sync_bn)
@@ -469,5 +471,5 @@ class _Run:
             "stopped_on_co": stopped, "best_monitor_pgd_acc": self.monitor.best_pgd,
             "last_monitor": self.log.read()[-1], "out_dir": str(self.out),
         }
-        _write_json(self.out / "final.json", final)
+        write_json(self.out / "final.json", final)
         return final
