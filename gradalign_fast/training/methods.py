@@ -523,6 +523,17 @@ def _has_batchnorm(model) -> bool:
     return _BATCHNORM[model]
 
 
+def _trained_parameters(optimizer) -> list:
+    """The tensors `optimizer` updates that require grad: the only leaves whose gradient a
+    training step needs. Given to backward(inputs=...), they keep autograd from also
+    differentiating the regulariser with respect to its own input leaf (GradAlign's x + eta,
+    CURE's and LLR's points: leaves that require grad for their input gradients), which it
+    otherwise does: in the double backward that is the first layers' input-side derivatives,
+    measured at 7% of an exact GradAlign step on the MNIST CNN at batch 32 (4% at 128, 2.5%
+    on PreActResNet-18), work the plain formulation does and discards."""
+    return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+
+
 def train_step(method: Method, model, optimizer, x, y, amp_dtype=None, scaler=None):
     """One training step of `method`: perturb, loss at x + delta (+ regulariser), update.
 
@@ -551,19 +562,19 @@ def train_step(method: Method, model, optimizer, x, y, amp_dtype=None, scaler=No
         logits = model(x + delta)
         loss = F.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=True)
+    params = _trained_parameters(optimizer)
     if split:
-        scaled(loss).backward()
+        scaled(loss).backward(inputs=params)
     with amp:
         reg = method.regularizer(model, x, y, grad_clean)
     if not split:
-        scaled(loss if reg is None else loss + reg).backward()
+        scaled(loss if reg is None else loss + reg).backward(inputs=params)
     elif reg is not None and reg.requires_grad:
-        scaled(reg).backward()
+        scaled(reg).backward(inputs=params)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
-    zero = loss.detach() * 0
-    return {"loss": loss.detach(), "reg": zero if reg is None else reg.detach(),
+    return {"loss": loss.detach(), "reg": loss.detach() * 0 if reg is None else reg.detach(),
             "correct": (logits.argmax(1) == y).sum().detach()}
