@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from .. import attacks, gradalign
+from ..training.methods import trained_parameters
 from . import step_bench
 
 PHASES = ("attack fwd+bwd (FGSM)", "training forward", "training backward",
@@ -25,11 +26,12 @@ def gradalign_step(model, opt, x, y, reg: gradalign.GradAlignLoss) -> None:
     with record_function(PHASES[1]):
         loss = F.cross_entropy(model(x + delta), y)
     opt.zero_grad(set_to_none=True)
+    params = trained_parameters(opt)  # as train_step: no derivatives towards input leaves
     with record_function(PHASES[2]):
-        loss.backward()
+        loss.backward(inputs=params)
     r = reg(model, x, y, grad_clean=grad)
     with record_function(PHASES[6]):
-        r.backward()
+        r.backward(inputs=params)
     with record_function(PHASES[7]):
         opt.step()
 

@@ -523,7 +523,7 @@ def _has_batchnorm(model) -> bool:
     return _BATCHNORM[model]
 
 
-def _trained_parameters(optimizer) -> list:
+def trained_parameters(optimizer) -> list:
     """The tensors `optimizer` updates that require grad: the only leaves whose gradient a
     training step needs. Given to backward(inputs=...), they keep autograd from also
     differentiating the regulariser with respect to its own input leaf (GradAlign's x + eta,
@@ -562,7 +562,7 @@ def train_step(method: Method, model, optimizer, x, y, amp_dtype=None, scaler=No
         logits = model(x + delta)
         loss = F.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=True)
-    params = _trained_parameters(optimizer)
+    params = trained_parameters(optimizer)
     if split:
         scaled(loss).backward(inputs=params)
     with amp:
