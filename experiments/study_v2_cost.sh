@@ -19,5 +19,9 @@ run_pass() {  # $1: output folder; the rest: methods in the order to train them
 }
 REVERSED=()
 for ((i = ${#METHODS[@]} - 1; i >= 0; i--)); do REVERSED+=("${METHODS[i]}"); done
-run_pass "${OUT:-runs/study_v2}/cost/pass1" "${METHODS[@]}"
-run_pass "${OUT:-runs/study_v2}/cost/pass2" "${REVERSED[@]}"
+# PASSES="1" / PASSES="2": one pass only (e.g. both at once, one per core: each then runs beside
+# the other, the same load for both)
+for p in ${PASSES:-1 2}; do
+  if [ "$p" = 1 ]; then run_pass "${OUT:-runs/study_v2}/cost/pass1" "${METHODS[@]}"
+  else run_pass "${OUT:-runs/study_v2}/cost/pass2" "${REVERSED[@]}"; fi
+done
