@@ -6,8 +6,13 @@ set -euo pipefail
 # evaluation reduced to clean accuracy on 100 points (only the training time is read here).
 # Table: python experiments/cost_table.py "${OUT:-runs/study_v2}/cost"
 cd "$(dirname "$0")/.."
-METHODS=(fgsm fgsm_rs nfgsm gradalign:lam=2 gradalign:lam=2:fraction=0.2 gradalign:lam=2:every=4
-         gradalign:lam=2:mode=linearity gradalign_adaptive:lam=2 elle:lam=1000 elle_a:lam=1000)
+# METHODS_LIST="fgsm m1 m2": time only these (include fgsm: the ratios' denominator)
+DEFAULT="fgsm fgsm_rs nfgsm gradalign:lam=2 gradalign:lam=2:fraction=0.2
+  gradalign:lam=2:every=4 gradalign:lam=2:every=8 gradalign:lam=2:mode=linearity
+  gradalign_adaptive:lam=2 gradalign_adaptive:lam=2:rule=threshold:threshold=0.85 elle:lam=1000
+  elle_a:lam=1000"
+# shellcheck disable=SC2206  # word splitting intended: method labels hold no spaces or globs
+METHODS=(${METHODS_LIST:-$DEFAULT})
 run_pass() {  # $1: output folder; the rest: methods in the order to train them
   local out=$1; shift
   local args=()
