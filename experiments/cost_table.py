@@ -38,15 +38,14 @@ def cost_rows(passes: list[dict[str, dict]], reference: str = "fgsm") -> list[li
     missing = [i + 1 for i, p in enumerate(passes) if reference not in p]
     if missing:
         raise SystemExit(f"no {reference!r} run in pass(es) {missing}: nothing to divide by")
-    labels = sorted(set.intersection(*(set(p) for p in passes)),
-                    key=lambda m: statistics.fmean(p[m]["time"] / p[reference]["time"]
-                                                   for p in passes))
+    ratios = {m: [p[m]["time"] / p[reference]["time"] for p in passes]
+              for m in set.intersection(*(set(p) for p in passes))}
     rows = []
-    for m in labels:
-        ratios = [p[m]["time"] / p[reference]["time"] for p in passes]
+    for m in sorted(ratios, key=lambda m: statistics.fmean(ratios[m])):
         shares = [p[m]["share"] for p in passes if p[m]["share"] is not None]
         rows.append([f"`{m}`", " / ".join(f"{p[m]['time']:.0f}" for p in passes),
-                     " / ".join(f"{r:.2f}" for r in ratios), f"**{statistics.fmean(ratios):.2f}**",
+                     " / ".join(f"{r:.2f}" for r in ratios[m]),
+                     f"**{statistics.fmean(ratios[m]):.2f}**",
                      " / ".join(f"{s:.2f}" for s in shares) if shares else "-"])
     return rows
 
