@@ -25,10 +25,9 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import gradalign_fast as gf  # noqa: E402
-from gradalign_fast import ops  # noqa: E402
-from gradalign_fast.ops import reference  # noqa: E402
+import gradalign_fast as gf
+from gradalign_fast import ops
+from gradalign_fast.ops import reference
 
 CIFAR = (3, 32, 32)
 IMAGENET = (3, 224, 224)

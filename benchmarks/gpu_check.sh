@@ -121,6 +121,8 @@ fi
 
 # ---------------------------------------------------------------------------- correctness
 export GRADALIGN_FAST_REQUIRE_OPS=1 PYTHONUNBUFFERED=1
+# The in-place build is not installed: benchmarks/*.py import the package from this checkout.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 stage info 30 bash -c "'$PY' -m gradalign_fast info --json > '$WORK/info.json'; rc=\$?; \
   '$PY' -c 'import json,sys; print(json.load(open(sys.argv[1]))[\"summary\"])' '$WORK/info.json'; exit \$rc"
 GRAPH_TESTS="captured or cuda_graph"

@@ -7,7 +7,7 @@
     ... --device cpu --quick                                 # the same logic, tiny, on a CPU
 
 `steps`: PreActResNet-18 on CIFAR-shaped batches (3x32x32, batch 128), the interleaved medians
-of gradalign_fast.cli.step_bench.run_bench (ratios to FGSM, peak memory) for each of fp32 and
+of gradalign_fast.benchmarking.step_bench.run_bench (ratios to FGSM, peak memory) for each of fp32 and
 bf16 autocast, NCHW and channels_last; then FGSM and exact GradAlign captured as one CUDA graph
 per step (gradalign_fast.training.cuda_graph.CapturedStep), replay time against eager.
 `epoch`: FGSM and exact GradAlign training steps over synthetic CIFAR-shaped data (random
@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from gradalign_fast.cli import step_bench  # noqa: E402
-from gradalign_fast.training import methods, models  # noqa: E402
+from gradalign_fast.benchmarking import step_bench
+from gradalign_fast.training import methods, models
 
 EPS, LAM = 8 / 255, 0.2
 CIFAR_TRAIN = 50_000

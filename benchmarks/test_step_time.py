@@ -1,4 +1,4 @@
-"""pytest-benchmark suite: one training step of each variant of gradalign_fast.cli.step_bench.STEPS.
+"""pytest-benchmark suite: one training step of each variant of gradalign_fast.benchmarking.step_bench.STEPS.
 
     pytest benchmarks --benchmark-only                 # CPU: small sizes, ~20 s
     pytest benchmarks --benchmark-only --benchmark-group-by=param:case
@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 
-from gradalign_fast.cli import step_bench as bench
+from gradalign_fast.benchmarking import step_bench as bench
 
 torch.set_num_threads(int(os.environ.get("GRADALIGN_BENCH_THREADS", "1")))
 CASES = [("cpu", "mnist_cnn", 32), ("cpu", "preact_resnet18_narrow", 32)]

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from gradalign_fast.cli import step_bench as bench
+from gradalign_fast.benchmarking import step_bench as bench
 from gradalign_fast.cli import main
 
 TINY = dict(model_names=("mnist_cnn",), batch_sizes=(4,), reps=1, warmup=0)
@@ -62,7 +62,7 @@ def test_bench_command_rejects_unknown_model(capsys):
 
 
 def test_profile_phases_and_command(tmp_path, capsys):
-    from gradalign_fast.cli import profiler
+    from gradalign_fast.benchmarking import profiler
 
     rows = profiler.profile_step("mnist_cnn", 4, "cpu", steps=1, warmup=0)
     assert [r["phase"] for r in rows] == list(profiler.PHASES)

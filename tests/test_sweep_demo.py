@@ -144,6 +144,6 @@ def test_demo_runs_and_flags(tmp_path, capsys):
 
 def test_demo_bench_steps_are_bench_variants():
     from gradalign_fast.cli.commands.demo import DEMO_BENCH_STEPS
-    from gradalign_fast.cli.step_bench import STEPS
+    from gradalign_fast.benchmarking.step_bench import STEPS
 
     assert set(DEMO_BENCH_STEPS) <= {v.name for v in STEPS}

@@ -89,3 +89,18 @@ def gradalign_regularizer(model, x, y, eps, lam, grad_clean=None, noise=None,
     g1, g2 = g1[nnz], g2[nnz]
     cos = ((g1 / g1.norm(dim=1, keepdim=True)) * (g2 / g2.norm(dim=1, keepdim=True))).sum(1)
     return lam * (1.0 - cos.mean())
+
+
+def gradalign_step(model, opt, x, y, eps, lam, loss_fn: LossFn = F.cross_entropy) -> torch.Tensor:
+    """One FGSM+GradAlign training step as the authors' train.py takes it (float32, FGSM from
+    zero with step eps, the training loss and the regulariser backpropagated together, no
+    gradalign_fast op or layer): the plain formulation the benchmarks compare with.
+    Returns the detached total loss."""
+    model.train()
+    delta, grad = fgsm(model, x, y, eps, loss_fn)
+    loss = loss_fn(model(x + delta), y)
+    loss = loss + gradalign_regularizer(model, x, y, eps, lam, grad, loss_fn=loss_fn)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.detach()

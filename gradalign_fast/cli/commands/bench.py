@@ -5,14 +5,15 @@ import datetime
 import json
 import os
 
-from ..step_bench import BASELINE_FILE, QUICK, STEPS
+from ...benchmarking.step_bench import QUICK, STEPS
 
 EXAMPLES = """examples:
   python -m gradalign_fast bench --model mnist_cnn --batch-sizes 4 --reps 1 --warmup 0 \\
       --steps gradalign,ga_every4
 """
 
-RESULTS_DIR = os.path.join(os.path.dirname(BASELINE_FILE), "results")
+# Default output folder, under the current directory (never inside the package).
+RESULTS_DIR = "bench"
 AMP = {"none": None, "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -45,7 +46,7 @@ def add_arguments(parser) -> None:
                              "(~30 s on CPU)")
     parser.add_argument("--out", nargs="?", const="auto", default=None,
                         help="write JSON (+ the table as .md); no value: "
-                             "benchmarks/results/<device>_<date>.json")
+                             "bench/<device>_<date>.json under the current directory")
     parser.add_argument("--plot", nargs="?", const="auto", default=None,
                         help="PNG of the ratio to FGSM vs batch size (no value: next to --out)")
 
@@ -111,7 +112,7 @@ def plot_ratios(rows, path) -> None:
 def run(args) -> int:
     import torch
 
-    from .. import step_bench
+    from ...benchmarking import step_bench
 
     opts = _options(args, torch)
     rows = step_bench.run_bench(**opts)

@@ -131,7 +131,7 @@ def run(args) -> int:
                 title=f"MNIST, eps = {eps * 255:g}/255")
     print(f"\nplot: {png}  (PGD accuracy and gradient alignment per epoch)")
     if not args.no_bench:
-        from ..step_bench import QUICK, format_table, run_bench
+        from ...benchmarking.step_bench import QUICK, format_table, run_bench
         print("\nstep time (bench --quick): median per step and ratio to FGSM, one run",
               flush=True)
         with _quiet_native_stderr():  # the profiler's C++ start/stop lines (peak memory)

@@ -22,13 +22,13 @@ def add_arguments(parser) -> None:
                         help="PyTorch's own second derivatives (fast_layers=False)")
     parser.add_argument("--out-dir", default=None,
                         help="where the Chrome trace, bar chart and JSON go; None: "
-                             "benchmarks/results/profile_<device>")
+                             "bench/profile_<device> under the current directory")
 
 
 def run(args) -> int:
     import torch
 
-    from .. import profiler
+    from ...benchmarking import profiler
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -4,15 +4,15 @@ FGSM+GradAlign (plain, exact, approximate, adaptive), ELLE, ELLE-A, CURE and LLR
 `run_bench(...) -> list[dict]` measures every step variant of STEPS on one model and batch
 size in ONE interleaved run (round-robin over the variants, so that a noisy machine slows
 them alike; the order shuffled each round), and reports medians and ratios to FGSM; `format_table(rows)` prints them.
-Used by `python -m gradalign_fast bench`, the demo command and benchmarks/.
+Used by `python -m gradalign_fast bench`, the demo command and benchmarks/. The plain
+formulation ("gradalign_plain") is the authors' step as transcribed in
+gradalign_fast.testing.authors_reference, with no gradalign_fast op or layer in it.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import datetime
-import importlib.util
-import os
 import platform
 import random
 import statistics
@@ -23,12 +23,10 @@ from typing import Callable
 import torch
 
 from .. import precision
+from ..testing import authors_reference
 from ..training import methods, models
 
 AUTHORS_FGSM_MINUTES = 9.5  # the authors' FGSM training run on CIFAR-10 (PreActResNet-18)
-# The repository's benchmarks/ folder (three levels above this file in a source checkout).
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BASELINE_FILE = os.path.join(_REPO, "benchmarks", "baseline_gradalign.py")
 LAM = 0.2  # GradAlign's lambda for eps = 8/255 in the paper (it does not change the cost)
 
 
@@ -64,10 +62,7 @@ def _method(cls, policy: str | None = None, **kw):
 
 
 def _plain(eps, lam):
-    spec = importlib.util.spec_from_file_location("baseline_gradalign", BASELINE_FILE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return lambda model, opt, x, y: mod.plain_gradalign_step(model, opt, x, y, eps, lam)
+    return lambda model, opt, x, y: authors_reference.gradalign_step(model, opt, x, y, eps, lam)
 
 
 STEPS = [
