@@ -12,7 +12,9 @@ from torch.profiler import record_function
 
 from . import ops
 from .approx import check_options, linearity_penalty, random_subset
-from .attacks import LossFn, check_inputs, input_gradient, model_loss
+from .alignment import mean_cosine
+from .attacks import (BOUNDS, LossFn, check_bounds, check_eps, check_inputs, input_gradient,
+                      model_loss)
 from .double_backward import fast_double_backward
 from .precision import check_precision, inner_loss_scale, regulariser_precision
 
@@ -22,8 +24,8 @@ PHASES = ("gradalign: forward at x+eta", "gradalign: input gradient (create_grap
 
 
 def _phase(name: str):
-    """record_function(name) while a profiler runs, else nothing: a range costs tens of
-    microseconds even with no profiler, a percent of a small model's step."""
+    """record_function(name) while a profiler runs, else nothing: a range has a cost even
+    with no profiler running, and this is called on every step."""
     return record_function(name) if torch._C._autograd._profiler_enabled() else \
         contextlib.nullcontext()
 
@@ -100,7 +102,9 @@ class GradAlignLoss(nn.Module):
     Exactly the authors' regulariser: the clean gradient is detached; the gradient at x + eta
     (not clipped to the input box) is taken with create_graph=True, so the parameters receive
     the double-backpropagated gradient; samples where either gradient is zero are left out of
-    the mean (the regulariser is 0 when none is left). Runs the model in whatever mode it is in
+    the mean (the regulariser is 0 when none is left; a NaN gradient makes it NaN, never
+    dropped: gradalign_fast.alignment defines the valid samples once, for the regulariser,
+    the CO monitor and gradient_alignment). Runs the model in whatever mode it is in
     (train-mode BatchNorm sees the extra forward, as in the authors' code).
 
     For a model with a train-mode BatchNorm the double backward runs through cheaper exact
@@ -119,17 +123,20 @@ class GradAlignLoss(nn.Module):
     * ``mode="linearity"``: no double backprop at all. The penalty is
       lam * mean_i |l(x_i + d_i) - l(x_i) - d_i . g_i|, d = eps * sign(g), g = the (detached)
       FGSM gradient: how far the loss along the FGSM step is from its linear prediction
-      (see fast_approx.linearity_penalty). One first-order forward/backward over [x; x + d].
+      (see gradalign_fast.approx.linearity_penalty). One first-order forward/backward over [x; x + d].
       Its scale is a loss, not 1 - cos: retune lam. loss_fn must accept reduction="none".
       Combine with ``fraction`` to make it cheaper (fraction=0.25: ~1.3x FGSM's step).
 
     The options combine (e.g. fraction=0.5, every=2).
 
     Args:
-        eps: radius of the uniform noise, in input units (e.g. 8/255).
+        eps: radius of the uniform noise, in the units of x (e.g. 8/255 for pixels in [0, 1]).
         lam: weight lambda of the regulariser.
         loss_fn: loss whose input gradients are aligned (default cross-entropy).
-        check_finite: check x for NaN/inf (one device sync per call; disable for CUDA graphs).
+        check_finite: check the values of x and y (no NaN/inf, x inside `bounds`, labels in
+            range; one device sync per call; disable for CUDA graphs).
+        bounds: the box (lo, hi) the inputs x live in, (0, 1) by default (normalisation
+            belongs inside the model); x outside it is refused, eps may not exceed its width.
         mode: "exact" (GradAlign) or "linearity" (see above).
         fraction: fraction of the batch regularised (see above).
         every: regularise every k-th call (see above).
@@ -145,25 +152,23 @@ class GradAlignLoss(nn.Module):
             BatchNorm layers in float32). See gradalign_fast.precision; docs/results.md has
             what each costs and how far its gradient is from float32's.
     Attributes:
-        last_cos: mean cosine of the last regularised exact-mode call (detached 0-dim tensor),
-            for monitoring; None before the first and in linearity mode.
+        last_cos: mean cosine of the last regularised exact-mode call over its valid samples
+            (detached 0-dim tensor), for monitoring; NaN when no sample was valid; None before
+            the first call and in linearity mode.
         last_valid: number of samples that entered that mean.
     """
 
     def __init__(self, eps: float, lam: float, loss_fn: LossFn = F.cross_entropy,
                  check_finite: bool = True, mode: str = "exact", fraction: float = 1.0,
                  every: int = 1, fast_layers: bool = True, low_memory: bool = True,
-                 precision: str = "autocast"):
+                 precision: str = "autocast", bounds=BOUNDS):
         super().__init__()
-        for name, v in (("eps", eps), ("lam", lam)):
-            if not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"GradAlignLoss: `{name}` must be a finite number, got {v!r}")
-            if v < 0:
-                raise ValueError(f"GradAlignLoss: `{name}` must be >= 0, got {v}")
-        if eps > 1:
-            raise ValueError(f"GradAlignLoss: eps={eps} is larger than the whole [0, 1] input "
-                             f"range; eps is in input units: for {eps:g}/255 pass "
-                             f"eps={eps:g}/255 (= {eps / 255:.4g})")
+        self.bounds = check_bounds("GradAlignLoss", bounds)
+        eps = check_eps("GradAlignLoss", eps, self.bounds)
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+            raise ValueError(f"GradAlignLoss: `lam` must be a finite number, got {lam!r}")
+        if lam < 0:
+            raise ValueError(f"GradAlignLoss: `lam` must be >= 0, got {lam}")
         if not callable(loss_fn):
             raise TypeError("GradAlignLoss: `loss_fn` must be callable (logits, y) -> loss")
         check_options(mode, fraction, every)
@@ -178,8 +183,8 @@ class GradAlignLoss(nn.Module):
         self.precision = precision
         self._calls = 0  # forward calls so far, for `every`
         self._probed = False  # the double backward has been tried once (exact mode)
-        # what forward reads from the model's module tree, found once per model (a tree walk
-        # costs ~60 us, 1% of a small model's GradAlign step): (weakref, compiled, batchnorms)
+        # what forward reads from the model's module tree, found once per model rather than
+        # by a tree walk on every step: (weakref, compiled, batchnorms)
         self._model_facts: tuple | None = None
         self.last_cos: torch.Tensor | None = None
         self.last_valid: torch.Tensor | None = None
@@ -208,16 +213,16 @@ class GradAlignLoss(nn.Module):
                                          batchnorm_layers(model))
         return facts[1:]
 
-    def _check(self, model, x, y, grad_clean, noise) -> None:
+    def _check(self, model, x, y, grad_clean, noise) -> int | None:
         if self._facts(model)[0] is not None:
             raise TypeError(COMPILE_MESSAGE)
-        check_inputs("GradAlignLoss", model, x, y, self.check_finite, grad_clean=grad_clean,
-                     noise=noise)
+        return check_inputs("GradAlignLoss", model, x, y, self.check_finite, self.bounds,
+                            grad_clean=grad_clean, noise=noise)
 
     def forward(self, model, x: torch.Tensor, y: torch.Tensor,
                 grad_clean: torch.Tensor | None = None,
                 noise: torch.Tensor | None = None) -> torch.Tensor:
-        self._check(model, x, y, grad_clean, noise)
+        labels_max = self._check(model, x, y, grad_clean, noise)
         if self.every > 1:
             step, self._calls = self._calls, self._calls + 1
             if step % self.every:
@@ -225,16 +230,17 @@ class GradAlignLoss(nn.Module):
         batch = x.shape[0]
         x, y, grad_clean, noise = random_subset(self.fraction, x.detach(), y, grad_clean, noise)
         if grad_clean is None:
-            grad_clean, batch = input_gradient(model, x, y, self.loss_fn), x.shape[0]
+            grad_clean = input_gradient(model, x, y, self.loss_fn, labels_max=labels_max)
+            batch, labels_max = x.shape[0], None
         scale = self.lam * self.every
         if self.mode == "linearity":
             return scale * linearity_penalty(model, x, y, grad_clean, self.eps, batch,
                                              self.loss_fn)
-        return scale * (1.0 - self._mean_cos(model, x, y, grad_clean, noise))
+        return scale * (1.0 - self._mean_cos(model, x, y, grad_clean, noise, labels_max))
 
-    def _mean_cos(self, model, x, y, grad_clean, noise) -> torch.Tensor:
-        """Mean cosine over the samples with two nonzero gradients; 1 when there are none
-        (the regulariser is then 0)."""
+    def _mean_cos(self, model, x, y, grad_clean, noise, labels_max=None) -> torch.Tensor:
+        """Mean cosine over the valid samples (gradalign_fast.alignment); 1 when there are
+        none (the regulariser is then 0)."""
         if noise is None:
             noise = ops.random_delta(x, self.eps, clip_to_box=False)
         x_noisy = (x + noise.detach()).requires_grad_(True)
@@ -242,7 +248,7 @@ class GradAlignLoss(nn.Module):
             self.fast_layers and _fast_layers_pay(self._facts(model)[1])) else None
         with regulariser_precision(self.precision, model, x.device.type):
             with _phase(PHASES[0]), fdb or contextlib.nullcontext():
-                loss = model_loss(model, x_noisy, y, self.loss_fn, "GradAlignLoss")
+                loss = model_loss(model, x_noisy, y, self.loss_fn, "GradAlignLoss", labels_max)
                 scale = inner_loss_scale(self.precision, x)  # B under fp16: see precision.py
                 if scale != 1.0:
                     loss = loss * scale
@@ -251,13 +257,10 @@ class GradAlignLoss(nn.Module):
                 (grad_noisy,) = torch.autograd.grad(loss, x_noisy, create_graph=True)
         # grad_noisy: [b, ...]; cos, norms: [b] (float32, or float64 for float64 gradients)
         with _phase(PHASES[2]):
-            cos, norm_clean, norm_noisy = ops.cosine(grad_clean.detach().to(grad_noisy.dtype),
-                                                     grad_noisy)
-        n_valid = (torch.minimum(norm_clean, norm_noisy) > 0).sum()  # norms are >= 0
-        mean_cos = cos.sum() / n_valid.clamp(min=1)  # cos is 0 where not valid
+            mean_cos, n_valid = mean_cosine(grad_clean.detach(), grad_noisy)
         if not self._probed:  # once: a clear error where torch.compile cannot double-backward
             _probe_double_backward(mean_cos, model)
             self._probed = True
-        self.last_cos = mean_cos.detach()
+        self.last_cos = torch.where(n_valid > 0, mean_cos.detach(), math.nan)
         self.last_valid = n_valid.detach()
         return mean_cos + (n_valid == 0)  # 1 (a zero regulariser) when no sample is valid

@@ -558,20 +558,25 @@ def test_a_compiled_function_inside_the_model_fails_clearly_at_the_first_call():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
-def test_all_finite_agrees_with_isfinite(dtype):
-    """The one-sum finiteness check: one NaN/inf anywhere is found; finite values whose sum
-    overflows (only possible in float64) are not mistaken for inf."""
-    from gradalign_fast.attacks import all_finite
+def test_value_checks_find_every_nan_and_inf(dtype):
+    """The input value check (one aminmax pass): one NaN/inf anywhere is found; the largest
+    finite values of the dtype are accepted inside a box that holds them."""
+    from gradalign_fast.attacks import check_inputs
 
+    model = torch.nn.Flatten()
+    y = torch.zeros(5, dtype=torch.long)
     x = torch.rand(5, 3, 7, dtype=torch.float64).to(dtype)
-    assert all_finite(x)
+    check_inputs("t", model, x, y)
     for bad in (float("nan"), float("inf"), -float("inf")):
         for where in ((0, 0, 0), (4, 2, 6), (2, 1, 3)):
             z = x.clone()
             z[where] = bad
-            assert not all_finite(z)
-    big = torch.full((4,), torch.finfo(dtype).max, dtype=dtype)
-    assert all_finite(big) and all_finite(-big)
+            with pytest.raises(ValueError, match="t: `x` contains NaN or inf"):
+                check_inputs("t", model, z, y)
+    top = float(torch.finfo(dtype).max)
+    big = torch.full((5, 2), top, dtype=dtype)
+    check_inputs("t", model, big, y, bounds=(-top, top))
+    check_inputs("t", model, -big, y, bounds=(-top, top))
 
 
 def test_gradalign_loss_pickles_and_follows_a_new_model():

@@ -7,7 +7,8 @@ catastrophic-overfitting monitor and sweeps.
 from .checkpoint import load_checkpoint
 from .methods import METHODS, make_method, train_step
 from .models import build_model
+from .monitor import COMonitor
 from .trainer import TrainConfig, train
 
-__all__ = ["METHODS", "TrainConfig", "build_model", "load_checkpoint", "make_method", "train",
-           "train_step"]
+__all__ = ["COMonitor", "METHODS", "TrainConfig", "build_model", "load_checkpoint",
+           "make_method", "train", "train_step"]

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import attacks, ops
+from ..alignment import alignment_sum
 from ..gradalign import GradAlignLoss, batchnorm_layers
 
 
@@ -23,10 +24,9 @@ class Method:
     name = "standard"
     double_backprop = False
 
-    def __init__(self, eps: float = 0.0, lo: float = 0.0, hi: float = 1.0):
-        if eps < 0:
-            raise ValueError(f"{self.name}: eps must be >= 0, got {eps}")
-        self.eps, self.lo, self.hi = float(eps), lo, hi
+    def __init__(self, eps: float = 0.0, bounds=attacks.BOUNDS):
+        self.bounds = attacks.check_bounds(self.name, bounds)  # the input box (lo, hi)
+        self.eps = attacks.check_eps(self.name, eps, self.bounds)
 
     def perturb(self, model, x, y):
         """-> (delta, grad at x or None). delta is detached."""
@@ -59,7 +59,7 @@ class FGSM(Method):
     name = "fgsm"
 
     def perturb(self, model, x, y):
-        return attacks.fgsm(model, x, y, self.eps, lo=self.lo, hi=self.hi)
+        return attacks.fgsm(model, x, y, self.eps, bounds=self.bounds)
 
 
 class FGSMRS(Method):
@@ -72,7 +72,7 @@ class FGSMRS(Method):
         self.alpha = 1.25 * self.eps if alpha is None else float(alpha)
 
     def perturb(self, model, x, y):
-        return attacks.fgsm_rs(model, x, y, self.eps, self.alpha, lo=self.lo, hi=self.hi), None
+        return attacks.fgsm_rs(model, x, y, self.eps, self.alpha, bounds=self.bounds), None
 
 
 class NFGSM(Method):
@@ -86,8 +86,8 @@ class NFGSM(Method):
         self.noise_mult = float(noise_mult)
 
     def perturb(self, model, x, y):
-        return attacks.nfgsm(model, x, y, self.eps, self.alpha, self.noise_mult, lo=self.lo,
-                             hi=self.hi), None
+        return attacks.nfgsm(model, x, y, self.eps, self.alpha, self.noise_mult,
+                             bounds=self.bounds), None
 
 
 class PGD(Method):
@@ -101,8 +101,8 @@ class PGD(Method):
         self.alpha = 2.5 * self.eps / self.steps if alpha is None else float(alpha)
 
     def perturb(self, model, x, y):
-        return attacks.pgd(model, x, y, self.eps, self.alpha, self.steps, lo=self.lo,
-                           hi=self.hi), None
+        return attacks.pgd(model, x, y, self.eps, self.alpha, self.steps,
+                           bounds=self.bounds), None
 
 
 class GradAlign(FGSM):
@@ -113,13 +113,12 @@ class GradAlign(FGSM):
     double_backprop = True
 
     def __init__(self, eps, lam, **kw):
-        lo, hi = kw.pop("lo", 0.0), kw.pop("hi", 1.0)
-        super().__init__(eps, lo=lo, hi=hi)
+        super().__init__(eps, kw.pop("bounds", attacks.BOUNDS))
         self.lam = float(lam)
         # The step's FGSM attack has checked this x for NaN/inf; the regulariser's own check
         # would repeat it (a second host sync per step on a GPU).
         kw.setdefault("check_finite", False)
-        self._loss = GradAlignLoss(self.eps, self.lam, **kw)
+        self._loss = GradAlignLoss(self.eps, self.lam, bounds=self.bounds, **kw)
 
     @property
     def last_cos(self):
@@ -189,12 +188,12 @@ class LLR(Method):
         xin = x.detach().requires_grad_(True)
         loss0 = F.cross_entropy(model(xin), y, reduction="none")
         (g0,) = torch.autograd.grad(loss0.sum(), xin, create_graph=True)
-        delta = ops.random_delta(x, self.eps, self.lo, self.hi, True)
+        delta = ops.random_delta(x, self.eps, *self.bounds, True)
         for _ in range(self.steps):  # inner maximisation, no graph to the parameters
             d = delta.detach().requires_grad_(True)
             gamma, _ = self._gamma(model, x, y, d, loss0.detach(), g0.detach())
             (gd,) = torch.autograd.grad(gamma.sum(), d)
-            delta = ops.attack_step(x, delta, gd, self.eps / 2, self.eps, self.lo, self.hi, True)
+            delta = ops.attack_step(x, delta, gd, self.eps / 2, self.eps, *self.bounds, True)
         gamma, lin = self._gamma(model, x, y, delta, loss0, g0)
         return self.lam * gamma.mean() + self.mu * lin.abs().mean()
 
@@ -452,16 +451,13 @@ class GradAlignAdaptive(GradAlign):
         return self._lam.lam
 
     def probe(self, model, x, y, grad_clean) -> torch.Tensor:
-        """Mean cosine (0-dim) over the first probe_size samples whose two gradients are
-        nonzero (1 when none is); grad_clean: [B, ...], the input gradient at x."""
+        """The gradient alignment (gradalign_fast.alignment) of the first probe_size samples,
+        0-dim; 1 when none is valid (nothing to align: the probe does not fire);
+        grad_clean: [B, ...], the input gradient at x."""
         m = min(self.probe_size, x.shape[0])
-        xs, gs = x[:m].detach(), grad_clean[:m]
-        eta = ops.random_delta(xs, self.eps, clip_to_box=False)
-        g_noisy = attacks.input_gradient(model, xs, y[:m], delta=eta)  # [m, ...]
-        cos, norm_clean, norm_noisy = ops.cosine(gs.to(g_noisy.dtype), g_noisy)  # each [m]
-        n_valid = ((norm_clean > 0) & (norm_noisy > 0)).sum()
-        return torch.where(n_valid > 0, cos.sum() / n_valid.clamp(min=1),
-                           torch.ones_like(cos[0]))
+        total, n_valid = alignment_sum(model, x[:m].detach(), y[:m], self.eps,
+                                       grad_clean=grad_clean[:m])
+        return torch.where(n_valid > 0, total / n_valid.clamp(min=1), 1.0)
 
     def regularizer(self, model, x, y, grad_clean):
         w = self._window

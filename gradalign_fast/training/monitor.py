@@ -16,11 +16,13 @@ changes nor depends on the global RNG.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 
-from .. import attacks, ops
+from .. import attacks
+from ..alignment import alignment_sum
 from .evaluation import eval_mode
 
 
@@ -33,18 +35,29 @@ class COMonitor:
         pgd_steps, pgd_alpha: PGD of the measurement (alpha = eps/4 by default).
         rel_drop, fgsm_tol, min_best, min_fgsm, fgsm_ratio: the CO rule (module doc).
         batch_size: chunk size of the measurement.
+        bounds: the input box of x (see gradalign_fast.attacks).
+
+    From your own training loop::
+
+        monitor = COMonitor(x_held_out, y_held_out, eps=8 / 255)
+        if step % 200 == 0:
+            row = monitor.check(model)  # clean / FGSM / PGD accuracy, grad_align, co
+            if row["co"]:
+                print("catastrophic overfitting at step", step, row)
     """
 
     def __init__(self, x, y, eps: float, pgd_steps: int = 10, pgd_alpha: float | None = None,
                  rel_drop: float = 0.5, fgsm_tol: float = 0.05, min_best: float = 0.2,
                  min_fgsm: float = 0.3, fgsm_ratio: float = 0.1, batch_size: int = 256,
-                 seed: int = 0):
+                 seed: int = 0, bounds=attacks.BOUNDS):
         if len(x) == 0 or len(x) != len(y):
             raise ValueError(f"monitor batch: need as many labels as images (> 0), got "
                              f"{len(x)} and {len(y)}")
         if not 0 < rel_drop < 1:
             raise ValueError(f"rel_drop must be in (0, 1), got {rel_drop}")
-        self.x, self.y, self.eps = x, y, float(eps)
+        self.bounds = attacks.check_bounds("COMonitor", bounds)
+        self.x, self.y = x, y
+        self.eps = attacks.check_eps("COMonitor", eps, self.bounds)
         self.pgd_steps = int(pgd_steps)
         self.pgd_alpha = self.eps / 4 if pgd_alpha is None else float(pgd_alpha)
         self.rel_drop, self.fgsm_tol, self.min_best = rel_drop, fgsm_tol, min_best
@@ -55,22 +68,35 @@ class COMonitor:
         self.co_event: dict | None = None  # the first row flagged as CO
 
     def measure(self, model) -> dict:
-        """{"clean_acc", "fgsm_acc", "pgd_acc", "grad_align"} on the held-out batch."""
+        """{"clean_acc", "fgsm_acc", "pgd_acc", "grad_align"} on the held-out batch, the model
+        in eval mode; grad_align is gradalign_fast.alignment's (NaN when no sample is valid)."""
         gen = torch.Generator(self.x.device).manual_seed(self.seed)
-        sums = torch.zeros(4, dtype=torch.float64, device=self.x.device)
+        sums = torch.zeros(5, dtype=torch.float64, device=self.x.device)
         with eval_mode(model):
             for x, y in zip(self.x.split(self.batch_size), self.y.split(self.batch_size)):
-                d_fgsm, g_clean = attacks.fgsm(model, x, y, self.eps)
+                d_fgsm, g_clean = attacks.fgsm(model, x, y, self.eps, bounds=self.bounds)
                 d_pgd = attacks.pgd(model, x, y, self.eps, self.pgd_alpha, self.pgd_steps,
-                                    generator=gen)
-                eta = ops.random_delta(x, self.eps, clip_to_box=False, generator=gen)
-                g_noisy = attacks.input_gradient(model, x, y, delta=eta)
-                cos = ops.cosine(g_clean, g_noisy)[0]
+                                    bounds=self.bounds, generator=gen)
+                cos_sum, n_valid = alignment_sum(model, x, y, self.eps, grad_clean=g_clean,
+                                                 generator=gen)
                 with torch.no_grad():
                     sums += torch.stack([(model(x + d).argmax(1) == y).sum().double()
-                                         for d in (0 * x, d_fgsm, d_pgd)] + [cos.sum().double()])
-        clean, fgsm, pgd, align = (sums / len(self.x)).tolist()
-        return {"clean_acc": clean, "fgsm_acc": fgsm, "pgd_acc": pgd, "grad_align": align}
+                                         for d in (0 * x, d_fgsm, d_pgd)]
+                                        + [cos_sum.double(), n_valid.double()])
+        clean, fgsm, pgd, cos_sum, n_valid = sums.tolist()
+        n = len(self.x)
+        return {"clean_acc": clean / n, "fgsm_acc": fgsm / n, "pgd_acc": pgd / n,
+                "grad_align": cos_sum / n_valid if n_valid else math.nan}
+
+    def check(self, model, eps: float | None = None) -> dict:
+        """measure() then update(): one call from a training loop every k steps. eps: the
+        training eps now, when it is ramped up (the rule's case (b) waits for the full eps).
+        Returns the row with "co" (this measurement shows CO) and "best"; the first CO row
+        stays in `co_event`."""
+        row = self.measure(model)
+        if eps is not None:
+            row["eps"] = float(eps)
+        return self.update(row)
 
     def update(self, row: dict) -> dict:
         """Adds to a measured row "co" (this row is a CO event) and "best" (new best PGD
