@@ -87,13 +87,14 @@ def test_resume_rejects_other_runs_and_corrupt_files(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint") as e:
         train(TrainConfig(method="fgsm", epochs=1, out_dir=str(tmp_path), resume=True, **TINY))
     assert "weights_only=False" not in str(e.value)
-    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at"):
-        train(TrainConfig(method="fgsm", epochs=1, out_dir=str(tmp_path / "new"), resume=True,
-                          **TINY))
+    # --resume where nothing was ever trained: there is nothing to resume, the run starts
+    new = tmp_path / "new"
+    train(TrainConfig(method="fgsm", epochs=1, out_dir=str(new), resume=True, **TINY))
+    assert (new / "final.json").exists()
 
 
-@pytest.mark.parametrize("name", trainer.RUN_FILES)
-def test_a_new_run_refuses_a_directory_with_any_run_file(tmp_path, name):
+@pytest.mark.parametrize("name", ["checkpoint.pt", "final.json"])
+def test_a_new_run_refuses_a_directory_with_a_checkpoint_or_a_result(tmp_path, name):
     (tmp_path / name).write_text("{}")
     match = "holds a finished run" if name == "final.json" else f"holds a run \\({name}\\)"
     with pytest.raises(ValueError, match=match):

@@ -3,7 +3,8 @@
 Each command is a module of gradalign_fast.cli.commands with `add_arguments(parser)` and
 `run(args) -> int`; only the chosen one is imported, so `--help` and small commands start fast.
 Every failure is one `error: ...` line on stderr and a non-zero exit status: 2 for a bad
-command line (argparse's usage errors), 1 for the rest; warnings are `warning: ...` lines.
+command line (argparse's usage errors), 130 for an interrupt (Ctrl-C), 1 for the rest;
+warnings are `warning: ...` lines.
 """
 from __future__ import annotations
 
@@ -62,8 +63,9 @@ def _run(module, args) -> int:
         return int(module.run(args) or 0)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # exit status 128 + SIGINT, as a shell reports an interrupt
         print("error: interrupted", file=sys.stderr)
+        return 130
     except Exception as e:  # a bug: one line unless the traceback is asked for
         if os.environ.get(TRACEBACK_ENV) == "1":
             raise

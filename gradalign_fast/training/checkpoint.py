@@ -22,7 +22,7 @@ FORMAT = "gradalign_fast.checkpoint/1"
 # The TrainConfig fields that define a training run: a resume must match them.
 RUN_FIELDS = ("method", "dataset", "model", "eps", "lam", "epochs", "batch_size", "lr_max",
               "momentum", "wd", "eps_warmup_epochs", "lr_schedule", "n_train", "n_monitor",
-              "seed", "amp")
+              "seed", "amp", "user_data")
 
 
 class CheckpointError(ValueError):
@@ -91,13 +91,18 @@ def model_from_config(config: dict) -> torch.nn.Module:
     return build_model(config["model"], s.num_classes, s.in_channels, s.mean, s.std)
 
 
-def load_checkpoint(path, device=None) -> torch.nn.Module:
+def load_checkpoint(path, device=None, model: torch.nn.Module | None = None) -> torch.nn.Module:
     """The model of a checkpoint.pt or best.pt, weights loaded, in eval mode, on `device`
-    (CPU by default). Its training config is at `model.config` (a dict)."""
+    (CPU by default). Its training config is at `model.config` (a dict). A run of a model of
+    your own (config "model": "user:...") needs that model: pass a fresh instance as `model`."""
     ckpt = read(path)
     if "config" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path} has no model config or weights")
-    model = model_from_config(ckpt["config"])
+    name = str(ckpt["config"]["model"])
+    if model is None and name.startswith("user:"):
+        raise CheckpointError(f"{path} holds a model of your own ({name[5:]}): load it with "
+                              f"load_checkpoint(path, model=<a new instance of it>)")
+    model = model_from_config(ckpt["config"]) if model is None else model
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,12 +89,26 @@ class ArrayImages(Dataset):
 
 
 def _mnist_npz(path: Path, train: bool) -> ArrayImages:
-    with np.load(path) as f:
-        split = "train" if train else "test"
-        missing = {f"x_{split}", f"y_{split}"} - set(f.files)
-        if missing:
-            raise ValueError(f"{path} lacks the arrays {sorted(missing)} (has {f.files})")
-        return ArrayImages(f[f"x_{split}"], f[f"y_{split}"])
+    """The train or test split of an mnist.npz (x_train, y_train, x_test, y_test: uint8
+    [N, 28, 28] images, labels 0-9). Never unpickles: a file the user did not make runs no
+    code."""
+    split = "train" if train else "test"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = {f"x_{split}", f"y_{split}"} - set(f.files)
+            if missing:
+                raise ValueError(f"{path} lacks the arrays {sorted(missing)} (has {f.files})")
+            images, labels = f[f"x_{split}"], f[f"y_{split}"]
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, AttributeError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(str(path)):
+            raise
+        raise ValueError(f"{path} is not a readable MNIST .npz file (damaged, truncated, or "
+                         f"another format; numpy: {type(e).__name__}); expected "
+                         f"{_HOW_TO_GET['mnist']}") from None
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{path}: the {split} labels span {labels.min()}..{labels.max()}; "
+                         f"MNIST's classes are 0-9")
+    return ArrayImages(images, labels)
 
 
 def _mnist(name: str, data_dir, train: bool):

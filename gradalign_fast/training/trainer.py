@@ -1,10 +1,12 @@
-"""`train(TrainConfig) -> dict`: one adversarial-training run with methods.train_step.
+"""`train(TrainConfig, model=None, train_data=None, test_data=None) -> dict`: one
+adversarial-training run with methods.train_step, on a named model and dataset or on your own.
 
 Writes to cfg.out_dir: config.json (the resolved config), metrics.jsonl (CO-monitor rows, every
 cfg.monitor_every iterations and at every epoch end), checkpoint.pt (each epoch, atomically:
 resumable to bitwise the same weights on CPU), best.pt (the weights of best monitored PGD
 accuracy, for early stopping) and final.json (accuracies of the final model and times).
 Under torchrun it trains with DDP (see gradalign_fast.training.distributed); rank 0 writes the files.
+One process at a time holds a run directory (gradalign_fast.training.rundir).
 """
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Subset
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .. import precision
-from . import checkpoint, distributed, evaluation, recipe
+from .. import attacks, precision
+from . import checkpoint, distributed, evaluation, recipe, rundir
 from .datasets import load_dataset, make_loader, spec, take
 from .methods import METHODS, make_method, train_step
 from .models import MODELS
@@ -31,8 +35,8 @@ from .monitor import COMonitor, MetricsLog
 GRADALIGN_METHODS = ("gradalign", "gradalign_adaptive")  # methods with GradAlignLoss
 LAM_METHODS = ("gradalign", "gradalign_adaptive", "cure", "llr", "elle", "elle_a")
 CHECK_EVERY = 20  # iterations between loss checks / progress-bar updates (one device sync)
-# Every file of a run directory: a new run refuses a directory holding any of them.
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "best.pt", "final.json")
+RUN_FILES = rundir.RUN_FILES
+USER_MODEL = "user:"  # TrainConfig.model of a model passed to train(): "user:<module>.<class>"
 
 
 class TrainingDiverged(RuntimeError):
@@ -131,8 +135,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     cfg = replace(cfg, **filled)
     if cfg.device is None:
         cfg = replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.model not in MODELS:
-        raise ValueError(f"unknown model {cfg.model!r}; choose one of {sorted(MODELS)}")
+    if cfg.model not in MODELS and not str(cfg.model).startswith(USER_MODEL):
+        raise ValueError(f"unknown model {cfg.model!r}; choose one of {sorted(MODELS)}, or "
+                         f"pass your own: train(config, model=...)")
     if not (isinstance(cfg.eps, (int, float)) and 0 <= cfg.eps <= 1):
         raise ValueError(f"eps must be in [0, 1] (input units, e.g. 8/255), got {cfg.eps!r}")
     if cfg.lam is not None and cfg.method not in LAM_METHODS:
@@ -193,21 +198,68 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _datasets(cfg: TrainConfig):
-    """(training set, monitor set, test set); the monitor holds out the last n_monitor
-    training points (without augmentation)."""
-    full = load_dataset(cfg.dataset, cfg.data_dir, train=True)
-    plain = load_dataset(cfg.dataset, cfg.data_dir, train=True, augment=False)
+def _hold_out(cfg: TrainConfig, full: Dataset, plain: Dataset, where: str):
+    """(training set, monitor set): the monitor holds out the last n_monitor points of `full`
+    (taken from `plain`, the same points without augmentation)."""
     n_avail = len(full) - cfg.n_monitor
     if n_avail <= 0:
         raise ValueError(f"n_monitor={cfg.n_monitor} leaves no training point of the "
-                         f"{len(full)} in {cfg.dataset!r}")
+                         f"{len(full)} in {where}")
     if cfg.n_train is not None and cfg.n_train > n_avail:
-        raise ValueError(f"n_train={cfg.n_train} but {cfg.dataset!r} has {n_avail} training "
-                         f"points besides the {cfg.n_monitor} held out for the monitor")
-    train_set = Subset(full, range(cfg.n_train or n_avail))
-    monitor_set = Subset(plain, range(len(full) - cfg.n_monitor, len(full)))
-    return train_set, monitor_set, load_dataset(cfg.dataset, cfg.data_dir, train=False)
+        raise ValueError(f"n_train={cfg.n_train} but {where} has {n_avail} training points "
+                         f"besides the {cfg.n_monitor} held out for the monitor")
+    return (Subset(full, range(cfg.n_train or n_avail)),
+            Subset(plain, range(len(full) - cfg.n_monitor, len(full))))
+
+
+def _check_points(data, what: str) -> None:
+    """The first item of a user's Dataset (or batch of a DataLoader) is an (x, y) pair of
+    tensors: x floating point, y integer labels."""
+    try:
+        item = data[0] if isinstance(data, Dataset) else next(iter(data))
+        x, y = item
+    except (TypeError, ValueError, IndexError, StopIteration) as e:
+        raise ValueError(f"{what}: its items must be (x, y) pairs ({type(e).__name__}: "
+                         f"{e})") from None
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    if not x.is_floating_point():
+        raise ValueError(f"{what}: x must be floating point (inputs in [0, 1]), got {x.dtype}")
+    if y.is_floating_point():
+        raise ValueError(f"{what}: y must be integer class labels, got {y.dtype}")
+
+
+def _datasets(cfg: TrainConfig, train_data=None, test_data=None):
+    """(training set or loader, monitor set, test set) of cfg.dataset, or of the user's data
+    (a Dataset: the monitor holds out its last n_monitor points; a DataLoader: used as it is,
+    the monitor on the last n_monitor points of its dataset, which it also trains on)."""
+    if train_data is None:
+        full = load_dataset(cfg.dataset, cfg.data_dir, train=True)
+        plain = load_dataset(cfg.dataset, cfg.data_dir, train=True, augment=False)
+        train_set, monitor_set = _hold_out(cfg, full, plain, repr(cfg.dataset))
+        return train_set, monitor_set, load_dataset(cfg.dataset, cfg.data_dir, train=False)
+    if test_data is None:
+        raise ValueError("train_data given without test_data: pass test_data too (the final "
+                         "evaluation runs on it)")
+    _check_points(train_data, "train_data")
+    _check_points(test_data, "test_data")
+    test_set = test_data.dataset if isinstance(test_data, DataLoader) else test_data
+    if isinstance(train_data, DataLoader):
+        if cfg.n_train is not None:
+            raise ValueError("n_train selects points of a Dataset; train_data is a DataLoader "
+                             "(it trains on what it yields)")
+        data = train_data.dataset
+        if cfg.n_monitor > len(data):
+            raise ValueError(f"n_monitor={cfg.n_monitor} but train_data's dataset has "
+                             f"{len(data)} points")
+        return train_data, Subset(data, range(len(data) - cfg.n_monitor, len(data))), test_set
+    train_set, monitor_set = _hold_out(cfg, train_data, train_data, "train_data")
+    return train_set, monitor_set, test_set
+
+
+def user_model_name(model: nn.Module) -> str:
+    """TrainConfig.model for a model of the user's: "user:<module>.<class>"."""
+    cls = type(model)
+    return f"{USER_MODEL}{cls.__module__}.{cls.__qualname__}"
 
 
 def _method_kwargs(cfg: TrainConfig) -> dict:
@@ -223,6 +275,14 @@ def _method_kwargs(cfg: TrainConfig) -> dict:
     return kw
 
 
+def _check_labels(net, x, y) -> None:
+    """Before training: the monitor's points (held-out training points) have labels the model
+    has outputs for (one forward)."""
+    labels_max = attacks.check_inputs("training data", net, x, y)
+    with torch.no_grad(), evaluation.eval_mode(net):
+        attacks.model_loss(net, x[:2], y[:2], F.cross_entropy, "training data", labels_max)
+
+
 def write_json(path: Path, obj) -> None:
     """obj as JSON at path, written atomically: a run's final.json marks it finished, so it
     is never left half-written."""
@@ -231,17 +291,42 @@ def write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, model: nn.Module | None = None, train_data=None,
+          test_data=None) -> dict:
     """Runs cfg (see the module doc); returns the final.json dict (rank 0; {} on others).
 
-    Raises ValueError for a bad config, FileNotFoundError for missing data,
-    checkpoint.CheckpointError for a missing, corrupt or other run's checkpoint on resume, and
+    model: your own classifier (an nn.Module taking a batch in [0, 1] and returning logits)
+        instead of cfg.model; it is trained in place and recorded as "user:<module>.<class>".
+        Resume it by passing a model of the same class (same architecture) again.
+    train_data, test_data: your own data instead of cfg.dataset's, each a Dataset of (x, y)
+        pairs or a DataLoader of (x, y) batches; with a Dataset the trainer batches and
+        shuffles it (batch_size, seed) and holds out its last n_monitor points for the CO
+        monitor; a DataLoader is used as it is (resume is bitwise only if its order depends
+        on no RNG of its own). cfg.dataset then only names the recipe whose defaults fill
+        the fields left None (mnist, cifar10, ...).
+
+    Everything that can be checked before training is (config, output directory, data, the
+    test-set size, labels against the model's outputs). Raises ValueError for a bad config or
+    a run directory in use by another process, FileNotFoundError for missing data,
+    checkpoint.CheckpointError for a corrupt or other run's checkpoint on resume, and
     TrainingDiverged when the loss becomes NaN/inf (the last good checkpoint.pt is kept).
     """
+    if model is not None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        cfg = replace(cfg, model=user_model_name(model))
     cfg = resolve(cfg)
+    if str(cfg.model).startswith(USER_MODEL) and model is None:
+        raise ValueError(f"model {cfg.model!r} is a model of your own: pass it, "
+                         f"train(config, model=...)")
     info = distributed.setup(cfg.device)
     try:
-        return _Run(cfg, info).run()
+        out = Path(cfg.out_dir)
+        if not info.is_main:
+            return _Run(cfg, info, model, train_data, test_data).run()
+        rundir.check_writable(out)
+        with rundir.locked(out):
+            return _Run(cfg, info, model, train_data, test_data).run()
     finally:
         distributed.cleanup(info)
 
@@ -258,8 +343,13 @@ def epoch_line(row: dict, epochs: int) -> str:
 
 
 class _Run:
-    def __init__(self, cfg: TrainConfig, info: distributed.DistInfo):
+    def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, model=None,
+                 train_data=None, test_data=None):
         self.cfg, self.info = cfg, info
+        self.user_model, self.user_data = model, (train_data, test_data)
+        # config.json and the checkpoints' "config": the TrainConfig, and whether the data
+        # was the user's (then cfg.dataset only named the recipe)
+        self.config = asdict(cfg) | ({"user_data": True} if train_data is not None else {})
         self.device = distributed.device_for(cfg.device, info)
         self.out = Path(cfg.out_dir)
         self.ckpt_path = self.out / "checkpoint.pt"
@@ -271,22 +361,35 @@ class _Run:
         cfg, dev = self.cfg, self.device
         saved = self._check_out_dir()
         _seed_everything(cfg.seed)
-        net = checkpoint.model_from_config(asdict(cfg)).to(dev)
-        self.train_set, monitor_set, self.test_set = _datasets(cfg)
+        net = (self.user_model if self.user_model is not None
+               else checkpoint.model_from_config(self.config)).to(dev)
+        self.train_set, monitor_set, self.test_set = _datasets(cfg, *self.user_data)
+        if cfg.n_eval is not None and cfg.n_eval > len(self.test_set):
+            raise ValueError(f"n_eval={cfg.n_eval} but the test set has {len(self.test_set)} "
+                             f"points; give at most {len(self.test_set)} (or None: all)")
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.sampler = distributed.sampler(self.train_set, self.info, cfg.seed)
-        if cfg.batch_size % self.info.world_size:
-            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the "
-                             f"{self.info.world_size} processes")
-        self.loader = make_loader(self.train_set, cfg.batch_size // self.info.world_size,
-                                  shuffle=True, generator=self.gen, sampler=self.sampler,
-                                  num_workers=cfg.num_workers, pin_memory=dev.type == "cuda")
+        if isinstance(self.train_set, DataLoader):
+            if self.info.enabled:
+                raise ValueError("train_data as a DataLoader cannot be split over DDP "
+                                 "processes: pass a Dataset")
+            self.sampler, self.loader = None, self.train_set
+        else:
+            self.sampler = distributed.sampler(self.train_set, self.info, cfg.seed)
+            if cfg.batch_size % self.info.world_size:
+                raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the "
+                                 f"{self.info.world_size} processes")
+            self.loader = make_loader(self.train_set, cfg.batch_size // self.info.world_size,
+                                      shuffle=True, generator=self.gen, sampler=self.sampler,
+                                      num_workers=cfg.num_workers,
+                                      pin_memory=dev.type == "cuda")
         self.opt = torch.optim.SGD(net.parameters(), lr=0.0, momentum=cfg.momentum,
                                    weight_decay=cfg.wd)
         self.scaler = torch.amp.GradScaler(dev.type) if self.amp_dtype == torch.float16 \
             else None
         x_mon, y_mon = take(monitor_set)
-        self.monitor = COMonitor(x_mon.to(dev), y_mon.to(dev), cfg.eps, seed=cfg.seed)
+        x_mon, y_mon = x_mon.to(dev), y_mon.to(dev)
+        _check_labels(net, x_mon, y_mon)
+        self.monitor = COMonitor(x_mon, y_mon, cfg.eps, seed=cfg.seed)
         self.start_epoch, self.it, self.train_time = 0, 0, 0.0
         self.method = None  # made at the first step, then kept (see _epoch)
         self._method_state = {}  # a resumed run's Method.state_dict(), loaded into it then
@@ -304,7 +407,7 @@ class _Run:
                 self.log.keep_until(self.it)
         elif self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_json(self.out / "config.json", asdict(cfg))
+            write_json(self.out / "config.json", self.config)
         if self.info.enabled:  # same init everywhere (DDP broadcasts it), own noise per rank
             torch.manual_seed(cfg.seed + 1000 * self.info.rank)
         self.model = distributed.wrap(net, self.info, cfg.sync_bn)
@@ -312,9 +415,17 @@ class _Run:
 
     def _check_out_dir(self):
         """The saved checkpoint of a resumed run (None for a new one). A new run refuses a
-        directory holding any run file; a finished run (final.json) is never resumed, so its
-        final.json is never rewritten."""
+        directory holding any run file, except a run stopped before its first checkpoint,
+        which it starts afresh (as --resume does there: nothing to resume); a finished run
+        (final.json) is never resumed, so its final.json is never rewritten."""
         cfg, out = self.cfg, self.out
+        stale = rundir.stale_files(out) if self.info.is_main else []
+        if distributed.broadcast_flag(bool(stale), self.info, self.device):
+            if self.info.is_main:
+                rundir.clear_stale(out, stale)
+            return None
+        if cfg.resume and not self.ckpt_path.exists() and not (out / "final.json").exists():
+            return None  # --resume of a run that never started: it starts
         if (out / "final.json").exists():
             raise ValueError(f"{out} holds a finished run (final.json); nothing is trained or "
                              f"rewritten. To evaluate it otherwise: python -m gradalign_fast "
@@ -328,7 +439,7 @@ class _Run:
                                  f"(--resume) or choose another output directory")
             return None
         saved = checkpoint.read(self.ckpt_path)
-        checkpoint.check_same_run(saved["config"], asdict(cfg), self.ckpt_path)
+        checkpoint.check_same_run(saved["config"], self.config, self.ckpt_path)
         return saved
 
     # ------------------------------------------------------------------ pieces
@@ -343,7 +454,7 @@ class _Run:
             self.log.append(row)
             if row["best"]:
                 checkpoint.save(self.out / "best.pt", {
-                    "config": asdict(self.cfg), "model": self.net.state_dict(),
+                    "config": self.config, "model": self.net.state_dict(),
                     "epoch": row["epoch"], "iteration": self.it, "pgd_acc": row["pgd_acc"]})
             stop = self.cfg.stop_on_co and row["co"]
         return distributed.broadcast_flag(stop, self.info, self.device)
@@ -352,7 +463,7 @@ class _Run:
         if not self.info.is_main:
             return
         checkpoint.save(self.ckpt_path, {
-            "config": asdict(self.cfg), "model": self.net.state_dict(),
+            "config": self.config, "model": self.net.state_dict(),
             "optimizer": self.opt.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "epoch": epoch, "iteration": self.it, "rng": checkpoint.rng_state(self.gen),
@@ -364,7 +475,7 @@ class _Run:
         if self.info.is_main:
             (self.out / "snapshots").mkdir(exist_ok=True)
             checkpoint.save(self.out / "snapshots" / f"it{self.it:06d}.pt", {
-                "config": asdict(self.cfg), "model": self.net.state_dict(),
+                "config": self.config, "model": self.net.state_dict(),
                 "iteration": self.it, "epoch": epoch, "eps": eps})
 
     def _diverged(self, value: float, epoch: int) -> TrainingDiverged:
@@ -418,6 +529,8 @@ class _Run:
                 t0 += time.perf_counter() - t_mon  # monitoring is not training time
                 if stop:
                     break
+        bar.refresh()  # the last iteration's count (tqdm redraws at most every 0.1 s)
+        bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         epoch_time = time.perf_counter() - t0
@@ -459,7 +572,8 @@ class _Run:
         co = self.monitor.co_event
         eps_max = self._eps_max()
         final = {
-            "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "eps": cfg.eps,
+            "method": cfg.method, "model": cfg.model, "eps": cfg.eps,
+            "dataset": "user data" if self.config.get("user_data") else cfg.dataset,
             "eps_255": cfg.eps * 255, "eps_max_trained": eps_max,
             "eps_max_trained_255": eps_max * 255, "lam": cfg.lam, "seed": cfg.seed,
             "epochs_done": epochs_done, "iterations": self.it,

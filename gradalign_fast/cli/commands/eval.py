@@ -7,6 +7,7 @@ import json
 from ...training import evaluation
 from ...training.checkpoint import load_checkpoint
 from ...training.datasets import load_dataset
+from ...training.rundir import check_output_file
 from ...training.trainer import check_device
 from .train import add_eps_arguments, eps_from_args
 
@@ -37,23 +38,32 @@ def add_arguments(parser) -> None:
       help="any: a point is robust only if no iterate of any restart fools it (stops "
            "attacking fooled points); max_loss: the authors' attack_pgd, the final delta of "
            "the restart of highest loss")
-    a("--device", default="cpu", help="cpu, cuda or cuda:N")
+    a("--device", default=None, help="cpu, cuda or cuda:N; None: cuda if available, as train")
     a("--seed", type=int, default=0, help="seed of the random starts")
     a("--out", default=None, help="also write the results to this JSON file")
     a("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
+    import torch
+
     attacks = evaluation.parse_attacks(args.attacks)
-    check_device(args.device)
-    model = load_checkpoint(args.checkpoint, args.device)
+    if args.out:
+        check_output_file(args.out)  # before the evaluation, not after it
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
+    model = load_checkpoint(args.checkpoint, device)
     cfg = model.config
+    if cfg.get("user_data"):
+        raise ValueError(f"{args.checkpoint} was trained on data of your own: evaluate it in "
+                         f"Python, gradalign_fast.training.evaluation.evaluate(model, "
+                         f"your_test_data, eps, attacks)")
     eps = eps_from_args(args.eps, args.eps_units)
     eps = cfg["eps"] if eps is None else eps
     data_dir = cfg["data_dir"] if args.data_dir is None else args.data_dir
     test = load_dataset(cfg["dataset"], data_dir, train=False)
     res = evaluation.evaluate(model, test, eps, args.attacks, None if args.full else args.n,
-                              args.batch_size, args.device, args.seed, not args.no_progress,
+                              args.batch_size, device, args.seed, not args.no_progress,
                               args.pgd_select)
     res = {"checkpoint": str(args.checkpoint), "dataset": cfg["dataset"], "eps": eps,
            "eps_255": eps * 255, "pgd_select": args.pgd_select, **res}
