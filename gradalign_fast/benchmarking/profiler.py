@@ -13,6 +13,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from .. import attacks, gradalign
 from ..training.methods import trained_parameters
 from . import step_bench
+from .native_log import profiler_log_filtered
 
 PHASES = ("attack fwd+bwd (FGSM)", "training forward", "training backward",
           *gradalign.PHASES, "gradalign: double backward", "optimizer step")
@@ -61,7 +62,7 @@ def profile_step(model_name="preact_resnet18_narrow", batch=32, device="cpu", st
         gradalign_step(model, opt, x, y, reg)
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities, profile_memory=True) as prof:
+    with profiler_log_filtered(), profile(activities=activities, profile_memory=True) as prof:
         for _ in range(steps):
             gradalign_step(model, opt, x, y, reg)
             if cuda:

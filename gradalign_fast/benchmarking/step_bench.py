@@ -25,6 +25,7 @@ import torch
 from .. import precision
 from ..testing import authors_reference
 from ..training import methods, models
+from .native_log import profiler_log_filtered
 
 AUTHORS_FGSM_MINUTES = 9.5  # the authors' FGSM training run on CIFAR-10 (PreActResNet-18)
 LAM = 0.2  # GradAlign's lambda for eps = 8/255 in the paper (it does not change the cost)
@@ -161,7 +162,8 @@ def peak_memory(device: torch.device, fn: Callable[[], None]) -> int:
         return torch.cuda.max_memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with profiler_log_filtered(), \
+            profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e for e in prof.events() if e.self_cpu_memory_usage),
                     key=lambda e: e.time_range.start)
@@ -255,11 +257,11 @@ def _run(model_names, batch_sizes, device, reps, warmup, steps, amp_dtype, chann
             ms = {k: 1e3 * statistics.median(t) for k, t in times.items()}
             for v in variants:
                 ratio = ms[v.name] / ms["fgsm"]
-                lo, hi = ratio_interval(times[v.name], times["fgsm"])
+                ci = ratio_interval(times[v.name], times["fgsm"])
                 rows.append(dict(
                     model=model_name, batch=batch, step=v.name, text=v.text,
                     ms=round(ms[v.name], 3), ratio=round(ratio, 3),
-                    ratio_lo=round(lo, 3), ratio_hi=round(hi, 3),
+                    ratio_lo=ci and round(ci[0], 3), ratio_hi=ci and round(ci[1], 3),
                     times_ms=[round(1e3 * t, 3) for t in times[v.name]],  # one per round
                     step_peak_mib=round(peaks[v.name] / 2**20, 2),
                     peak_mib=round((peaks[v.name] + resident[v.name]) / 2**20, 2),
@@ -273,12 +275,18 @@ def _run(model_names, batch_sizes, device, reps, warmup, steps, amp_dtype, chann
     return rows
 
 
+MIN_REPS_FOR_CI = 3  # fewer rounds give no interval (a bootstrap of 1 or 2 values is not one)
+
+
 def ratio_interval(times: list[float], base: list[float], n_boot: int = 2000,
-                   seed: int = 0) -> tuple[float, float]:
+                   seed: int = 0) -> tuple[float, float] | None:
     """95% percentile-bootstrap interval of median(times) / median(base), resampling the
-    rounds (each round times every variant once: the pairs share the machine's state)."""
+    rounds (each round times every variant once: the pairs share the machine's state);
+    None below MIN_REPS_FOR_CI rounds."""
     rng = random.Random(seed)
     n = len(times)
+    if n < MIN_REPS_FOR_CI:
+        return None
     boots = []
     for _ in range(n_boot):
         idx = [rng.randrange(n) for _ in range(n)]
@@ -296,10 +304,11 @@ def exact_vs_plain(rows: list[dict]) -> list[str]:
         got = {r["step"]: r for r in rows if (r["model"], r["batch"]) == (model, batch)}
         if "gradalign" in got and "gradalign_plain" in got and "times_ms" in got["gradalign"]:
             a, b = got["gradalign"]["times_ms"], got["gradalign_plain"]["times_ms"]
-            lo, hi = ratio_interval(a, b)
+            ci = ratio_interval(a, b)
             r = statistics.median(a) / statistics.median(b)
-            out.append(f"{model} batch {batch}: exact / plain = {r:.3f} "
-                       f"[95% CI {lo:.3f}, {hi:.3f}]")
+            out.append(f"{model} batch {batch}: exact / plain = {r:.3f} " + (
+                f"[95% CI {ci[0]:.3f}, {ci[1]:.3f}]" if ci else
+                f"(no interval: fewer than {MIN_REPS_FOR_CI} rounds)"))
     return out
 
 
@@ -328,7 +337,7 @@ def format_table(rows: list[dict], meta: dict | None = None) -> str:
     lines += [head, "-" * len(head)]
     for r in rows:
         minutes = "-" if r["minutes"] is None else f"{r['minutes']:.1f}"
-        ci = f"{r['ratio_lo']:.2f}-{r['ratio_hi']:.2f}" if "ratio_lo" in r else "-"
+        ci = f"{r['ratio_lo']:.2f}-{r['ratio_hi']:.2f}" if r.get("ratio_lo") else "-"
         lines.append(f"{r['model']:<23} {r['batch']:>5}  {r['text']:<44} {r['ms']:>9.1f} "
                      f"{r['ratio']:>7.2f} {ci:>11} {r['peak_mib']:>9.1f} "
                      f"{r['mem_ratio']:>7.2f} {r['step_peak_mib']:>9.1f} {minutes:>12}")

@@ -24,10 +24,13 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
 def bootstrap_mean_ci(values, n_boot: int = 10000, seed: int = 0,
                       level: float = 0.95) -> tuple[float, float, float]:
     """(mean, lo, hi): the mean of `values` and its percentile-bootstrap interval (resampling
-    the values with replacement). For paired differences pass the per-seed differences."""
+    the values with replacement); lo and hi are NaN for a single value (no interval can be
+    estimated from one). For paired differences pass the per-seed differences."""
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         raise ValueError("bootstrap_mean_ci: no values")
+    if v.size == 1:
+        return float(v[0]), math.nan, math.nan
     rng = np.random.default_rng(seed)
     means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
     tail = (1 - level) / 2

@@ -17,6 +17,8 @@ Rules (docs/results.md, "Verdict rules", fixed before the runs):
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .stats import bootstrap_mean_ci, fisher_greater, wilson
@@ -109,6 +111,7 @@ def markdown(rows: list[dict], reference: str) -> str:
         for a in robust:
             d = r["diff"].get(a)
             cells.append("—" if d is None or r["verdict"] == "reference" else
+                         f"{100 * d[0]:+.1f} [no interval: 1 seed]" if math.isnan(d[1]) else
                          f"{100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]")
         lo, hi = r["co_rate_ci"]
         cells += [f"{r['collapsed']}/{r['seeds']} [{100 * lo:.0f}, {100 * hi:.0f}]%",

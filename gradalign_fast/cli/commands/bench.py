@@ -42,8 +42,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--channels-last", action="store_true",
                         help="channels_last memory format for model and inputs")
     parser.add_argument("--quick", action="store_true",
-                        help="MNIST CNN and narrow PreActResNet-18, batch 32, 5 reps "
-                             "(~30 s on CPU)")
+                        help="MNIST CNN and narrow PreActResNet-18, batch 32, 5 reps: every "
+                             "default variant, about 3 minutes on a 2-core CPU")
     parser.add_argument("--out", nargs="?", const="auto", default=None,
                         help="write JSON (+ the table as .md); no value: "
                              "bench/<device>_<date>.json under the current directory")

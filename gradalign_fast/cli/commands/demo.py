@@ -12,10 +12,7 @@ one run).
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import sys
 from pathlib import Path
 
 from ... import has_ops, ops_error
@@ -24,7 +21,7 @@ from ...training.trainer import RUN_FILES, TrainConfig, train
 from .train import add_eps_arguments, eps_from_args, summary
 
 EXAMPLES = """examples:
-  python -m gradalign_fast demo --epochs 1 --n-train 256 --n-eval 20 --n-autoattack 10 \
+  python -m gradalign_fast demo --epochs 2 --n-train 1024 --n-eval 100 --n-autoattack 20 \
       --no-bench --out runs/example_demo
 """
 
@@ -57,21 +54,6 @@ def add_arguments(parser) -> None:
     a("--device", default=None, help="cpu, cuda or cuda:N; None: cuda if available")
     a("--seed", type=int, default=0, help="seed of the initialisation, data order and noise")
     a("--no-bench", action="store_true", help="skip the step-time table")
-
-
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """Sends file descriptor 2 (where C++ code logs) to /dev/null for the block."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _print_epochs(method: str, run_dir: Path) -> None:
@@ -134,8 +116,7 @@ def run(args) -> int:
         from ...benchmarking.step_bench import QUICK, format_table, run_bench
         print("\nstep time (bench --quick): median per step and ratio to FGSM, one run",
               flush=True)
-        with _quiet_native_stderr():  # the profiler's C++ start/stop lines (peak memory)
-            rows = run_bench(**{**QUICK, "device": args.device or "cpu",
-                                "steps": DEMO_BENCH_STEPS})
+        rows = run_bench(**{**QUICK, "device": args.device or "cpu",
+                            "steps": DEMO_BENCH_STEPS})
         print(format_table(rows))
     return 0
