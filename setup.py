@@ -149,13 +149,9 @@ def _extensions():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     sources, cuda_sources, headers = _sources()
     use_cuda = _want_cuda() and bool(cuda_sources)
-    # torch's headers as system headers: their warnings are not this project's (the compiler
-    # ignores the -I that torch's BuildExtension adds for a directory also given as -isystem).
-    system = [f for d in cpp_extension.include_paths("cuda" if use_cuda else "cpu")
-              for f in ("-isystem", d)]
     # GCC reports -Wmaybe-uninitialized inside c10::SmallVector when it inlines TensorIterator's
     # loops into a kernel, past the system-header rule: a false positive in torch's code.
-    extra = {"cxx": opt + ["-std=c++20", "-Wno-maybe-uninitialized"] + system}
+    extra = {"cxx": opt + ["-std=c++20", "-Wno-maybe-uninitialized"]}
     include_dirs = [os.path.join(ROOT, "csrc")]
     arch_why = None
     if use_cuda:
@@ -173,12 +169,17 @@ def _extensions():
         include_dirs += [d for d in glob.glob(os.path.join(site, "nvidia", "cu*", "include"))]
         # --extended-lambda: ATen/native/cuda/Loops.cuh (gpu_kernel) uses __device__ lambdas.
         extra["nvcc"] = opt + ["-std=c++20", "--expt-relaxed-constexpr", "--extended-lambda",
-                               "-lineinfo"] + system
+                               "-lineinfo"]
         sources += cuda_sources
         ext_cls = cpp_extension.CUDAExtension
         extra["cxx"].append("-DGRADALIGN_FAST_WITH_CUDA")
     else:
         ext_cls = cpp_extension.CppExtension
+    # torch's headers as system headers: their warnings are not this project's (the compiler
+    # ignores the -I that torch's BuildExtension adds for a directory also given as -isystem).
+    for d in cpp_extension.include_paths("cuda" if use_cuda else "cpu"):
+        for flags in extra.values():
+            flags += ["-isystem", d]
     _INFO.update(_describe_build(use_cuda, debug))
     config = _config_stamp(repr((ext_cls.__name__, sources, include_dirs, extra, _INFO)))
     print(f"[gradalign_fast] building {'CPU+CUDA' if use_cuda else 'CPU-only'} extension"

@@ -14,6 +14,9 @@ from gradalign_fast.ops import _loading, reference
 from gradalign_fast.testing.op_samples import OPS, op_sample_params, sample
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def test_has_ops_after_setup():
     if os.environ.get("GRADALIGN_FAST_REQUIRE_OPS") == "1":
         assert gf.has_ops(), gf.ops_error()
@@ -146,6 +149,22 @@ def test_cuda_version_of_the_build_must_match_torch(monkeypatch, built, running,
         _loading.check_cuda_version()
 
 
+def test_a_failing_nvcc_stops_the_build(tmp_path):
+    """setup.py with CUDA wanted and an nvcc that fails: a clear error naming the command, not
+    a silent default architecture list."""
+    nvcc = tmp_path / "bin" / "nvcc"
+    nvcc.parent.mkdir()
+    nvcc.write_text("#!/bin/sh\necho 'nvcc: broken install' >&2\nexit 3\n")
+    nvcc.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_CUDA_ARCH_LIST"}
+    env.update(CUDA_HOME=str(tmp_path), GRADALIGN_FAST_FORCE_CUDA="1")
+    out = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert f"`{nvcc} --list-gpu-arch` exited 3: nvcc: broken install" in out.stderr, out.stderr
+    assert "GRADALIGN_FAST_FORCE_CUDA=0" in out.stderr
+
+
 def test_fallback_is_announced_and_matches():
     code = (
         "import warnings, torch\n"
@@ -168,7 +187,6 @@ def test_fallback_is_announced_and_matches():
                                gf.ops.cosine(a, b)[0], rtol=1e-12, atol=1e-12)
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTSIDE_CHECK = """
 import importlib.resources, os, sys, torch, torch.nn as nn
 import gradalign_fast as gf
