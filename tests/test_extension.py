@@ -173,6 +173,8 @@ def test_fallback_is_announced_and_matches():
         "    import gradalign_fast as gf\n"
         "assert not gf.has_ops() and 'GRADALIGN_FAST_DISABLE_OPS' in gf.ops_error()\n"
         "assert sum('compiled ops unavailable' in str(x.message) for x in w) == 1, w\n"
+        "assert [x.filename for x in w if 'compiled ops unavailable' in str(x.message)] == "
+        "['<string>'], w  # the importing line\n"
         "torch.manual_seed(0)\n"
         "a = torch.randn(3, 4, dtype=torch.float64); b = torch.randn(3, 4, dtype=torch.float64)\n"
         "print(repr(gf.ops.cosine(a, b)[0].tolist()))\n"

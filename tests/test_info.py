@@ -29,19 +29,19 @@ def test_info_reports_versions_kernels_and_agreement(capsys):
     assert ver["gradalign_fast"]["version"] == gf.__version__
     assert ver["torch"]["version"] == torch.__version__
     assert ver["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
-    assert set(out["kernels"]) == set(info.OPS)
+    assert set(out["kernels"]) == set(ops.TENSOR_OPS)
     for op, per in out["kernels"].items():
         assert per == {d: ops.has_kernel(op, d) for d in info.DEVICE_TYPES}
     checked = {(r["device"], r["op"]) for r in out["self_check"]}
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     assert out["devices_checked"] == devices
     for dev in devices:
-        assert {(dev, op) for op in info.OPS + ("GradAlignLoss",)} <= checked
-    for op in info.OPS:  # every sample of the op list (gradalign_fast.testing.op_samples)
+        assert {(dev, op) for op in ops.TENSOR_OPS + ("GradAlignLoss",)} <= checked
+    for op in ops.TENSOR_OPS:  # every sample of the op list (gradalign_fast.testing.op_samples)
         names = {r["layout"] for r in out["self_check"] if r["op"] == op}
         assert names == {s.name for s in OPS[op].build("cpu", torch.float64)}, op
     if gf.has_ops():
-        assert all(r["kernel"] for r in out["self_check"] if r["op"] in info.OPS
+        assert all(r["kernel"] for r in out["self_check"] if r["op"] in ops.TENSOR_OPS
                    and r["device"] == "cpu")
 
 

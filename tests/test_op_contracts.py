@@ -46,6 +46,7 @@ def test_every_op_has_samples():
     registered = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names()
                   if n.startswith("gradalign_fast::")}
     assert registered == set(OPS) | set(NOT_SAMPLED), registered ^ (set(OPS) | set(NOT_SAMPLED))
+    assert set(ops.TENSOR_OPS) == set(OPS)
     for op in OPS:
         names = [s.name for s in OPS[op].build("cpu", torch.float64)]
         assert names and len(names) == len(set(names)), op

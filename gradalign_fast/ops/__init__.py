@@ -11,19 +11,19 @@ import types
 import torch
 
 from . import reference
-from ._loading import cuda_version, has_cuda_ops, has_kernel, has_ops, ops_error
+from ._loading import TENSOR_OPS, cuda_version, has_cuda_ops, has_kernel, has_ops, ops_error
 
-__all__ = ["attack_step", "attack_step_", "cosine", "cosine_backward", "cuda_version",
-           "has_cuda_ops", "has_kernel", "has_ops", "ops_error", "random_delta",
+__all__ = ["TENSOR_OPS", "attack_step", "attack_step_", "cosine", "cosine_backward",
+           "cuda_version", "has_cuda_ops", "has_kernel", "has_ops", "ops_error", "random_delta",
            "reference", "relu_affine_backward"]
 
 # What the wrappers call, one function per op with the op's schema: the dispatcher's ops
 # (their .default overloads), or the reference where the extension did not load.
 if has_ops():
-    from . import _registrations  # reference, fake and autograd kernels
+    from . import _registrations  # noqa: F401  (reference, fake and autograd kernels)
 
     _impl = types.SimpleNamespace(**{op: getattr(torch.ops.gradalign_fast, op).default
-                                     for op in _registrations.TENSOR_OPS})
+                                     for op in TENSOR_OPS})
 else:
     _impl = reference
 

@@ -16,11 +16,15 @@ import warnings
 
 import torch  # loads libc10/libtorch, which the extension links against
 
+# The ops with tensor arguments (csrc/gradalign_fast.cpp), each with reference.<op>.
+TENSOR_OPS = ("cosine", "cosine_backward", "attack_step", "attack_step_", "random_delta",
+              "relu_affine_backward")
 _LOAD_ERROR: str | None = None
 _LOADED = False
 # Dispatch key of the compiled kernels per device type; other devices have none.
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 _OPS_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PACKAGE_DIR = os.path.dirname(_OPS_DIR.rstrip(os.sep)) + os.sep
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 
@@ -43,7 +47,7 @@ def _load() -> None:
             "gradalign_fast: compiled ops unavailable, using the pure-PyTorch reference "
             f"(slower, same results): {_LOAD_ERROR}",
             RuntimeWarning,
-            stacklevel=_stacklevel_outside_package(),
+            stacklevel=_stacklevel_outside(_PACKAGE_DIR),  # the line importing gradalign_fast
         )
 
 
@@ -112,22 +116,19 @@ def _warn_no_kernel(dispatch_key: str) -> None:
            else f"no compiled kernels exist for dispatch key {dispatch_key}")
     warnings.warn(f"gradalign_fast: {why}; its tensors use the pure-PyTorch reference ops "
                   "(same results, slower)", RuntimeWarning,
-                  stacklevel=_stacklevel_outside_package())
+                  stacklevel=_stacklevel_outside(_OPS_DIR))  # the line calling the op
 
 
-def _stacklevel_outside_package() -> int:
+def _stacklevel_outside(*dirs: str) -> int:
     """The warnings.warn stacklevel, for the function calling this, of the first caller outside
-    gradalign_fast/ops and torch (the dispatcher calls the reference kernels from torch/_ops.py;
-    gradalign_fast/__init__.py imports this module): the line that called an op or imported
-    gradalign_fast."""
-    pkg_init = os.path.join(os.path.dirname(_OPS_DIR.rstrip(os.sep)), "__init__.py")
+    `dirs` and torch (the dispatcher calls the reference kernels from torch/_ops.py)."""
     level, frame = 1, sys._getframe(1)
     while frame is not None:
         name = frame.f_code.co_filename
         if "importlib" in name and "_bootstrap" in name:
             frame = frame.f_back  # warnings skips these frames without counting them
             continue
-        if not (name.startswith((_OPS_DIR, _TORCH_DIR)) or name == pkg_init):
+        if not name.startswith((*dirs, _TORCH_DIR)):
             break
         level, frame = level + 1, frame.f_back
     return level

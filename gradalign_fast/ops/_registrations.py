@@ -17,10 +17,7 @@ from __future__ import annotations
 import torch
 
 from . import _checks, _loading, reference
-
-# The ops with tensor arguments; each has reference.<op> with the op's own schema.
-TENSOR_OPS = ("cosine", "cosine_backward", "attack_step", "attack_step_", "random_delta",
-              "relu_affine_backward")
+from ._loading import TENSOR_OPS
 
 
 def _reference_kernel(op: str):

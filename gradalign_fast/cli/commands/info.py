@@ -24,8 +24,6 @@ import platform
 import re
 import sys
 
-OPS = ("cosine", "cosine_backward", "attack_step", "attack_step_", "random_delta",
-       "relu_affine_backward")
 DEVICE_TYPES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
 GRADALIGN_TOL = 1e-8  # GradAlignLoss vs the authors' formulation, both float64
@@ -118,7 +116,7 @@ def kernels() -> dict:
     """{op: {device type: compiled kernel registered}}."""
     from ... import ops
 
-    return {op: {d: ops.has_kernel(op, d) for d in DEVICE_TYPES} for op in OPS}
+    return {op: {d: ops.has_kernel(op, d) for d in DEVICE_TYPES} for op in ops.TENSOR_OPS}
 
 
 # ----------------------------------------------------------------------------- self-check
@@ -182,7 +180,7 @@ def self_check(devices) -> list[dict]:
             for dtype_name in DTYPES:
                 dtype = getattr(torch, dtype_name)
                 torch.manual_seed(0)
-                for op in OPS:
+                for op in ops.TENSOR_OPS:
                     rows += _run(_check_op(op), dev, dtype, dtype_name, TOL[dtype], ops)
             torch.manual_seed(0)
             rows += _run(lambda d, _: _check_gradalign(d), dev, None, "float64",
@@ -196,7 +194,7 @@ def _run(check, dev, dtype, dtype_name, tol, ops) -> list[dict]:
     rows = []
     try:
         for op, layout, err in check(dev, dtype):
-            kernel = ops.has_kernel(op, dev) if op in OPS else None
+            kernel = ops.has_kernel(op, dev) if op in ops.TENSOR_OPS else None
             rows.append({"device": dev, "dtype": dtype_name, "op": op, "layout": layout,
                          "kernel": kernel, "max_err": err, "tol": tol, "ok": err <= tol})
     except Exception as e:  # an op that raises disagrees too
