@@ -3,10 +3,13 @@
 Environment switches:
   GRADALIGN_FAST_FORCE_CUDA=0/1   override the toolkit-based CUDA decision
   TORCH_CUDA_ARCH_LIST            architectures to build (default: the visible NVIDIA GPUs'
-                                  compute capabilities where nvcc supports them, else sm_75+
-                                  that nvcc supports, plus PTX)
+                                  compute capabilities where nvcc supports them, else those of
+                                  DEFAULT_CUDA_ARCHS that nvcc supports, plus PTX)
   GRADALIGN_FAST_DEBUG=1          -O0 -g builds
   MAX_JOBS                        parallel compile jobs (ninja; torch's default: all cores)
+
+torch's headers are included as system headers (-isystem), so the compiler reports warnings
+of this project's sources only.
 
 Objects go to a persistent folder, build/temp-<python>-torch<version>, also under pip (whose
 editable and wheel builds otherwise compile in a fresh temporary folder): ninja then recompiles
@@ -26,6 +29,10 @@ from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 BUILD_INFO = os.path.join("gradalign_fast", "_build_info.py")
+# The CUDA architectures (compute capability x 10) built without a GPU and without
+# TORCH_CUDA_ARCH_LIST, PTX added for the newest: Turing (sm_75) to Blackwell (sm_120).
+# CMakeLists.txt reads this line too (keep it on one line).
+DEFAULT_CUDA_ARCHS = (75, 80, 86, 89, 90, 100, 120)
 
 
 def _cuda_home():
@@ -50,7 +57,9 @@ def _want_cuda():
     return torch.version.cuda is not None and _cuda_home() is not None
 
 
-def _run(cmd):
+def _probe(cmd):
+    """stdout of an optional tool (nvidia-smi, the compiler's --version), "" where it is
+    missing or fails: the build does not depend on it."""
     try:
         return subprocess.run(cmd, capture_output=True, text=True, check=False,
                               timeout=60).stdout
@@ -58,20 +67,42 @@ def _run(cmd):
         return ""
 
 
+def _nvcc(cuda_home, *args):
+    """stdout of `nvcc args`; a CUDA build needs it, so a failing nvcc stops the build."""
+    cmd = [os.path.join(cuda_home, "bin", "nvcc"), *args]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"gradalign_fast: `{' '.join(cmd)}` failed ({e}); fix the CUDA "
+                           "toolkit, or build without CUDA: GRADALIGN_FAST_FORCE_CUDA=0") from e
+    if out.returncode != 0:
+        raise RuntimeError(f"gradalign_fast: `{' '.join(cmd)}` exited {out.returncode}: "
+                           f"{out.stderr.strip()[-500:]}; fix the CUDA toolkit, or build without "
+                           "CUDA: GRADALIGN_FAST_FORCE_CUDA=0")
+    return out.stdout
+
+
 def _nvcc_archs(cuda_home):
-    out = _run([os.path.join(cuda_home, "bin", "nvcc"), "--list-gpu-arch"])
-    return sorted({int(m) for m in re.findall(r"compute_(\d+)", out)})
+    out = _nvcc(cuda_home, "--list-gpu-arch")
+    archs = sorted({int(m) for m in re.findall(r"compute_(\d+)", out)})
+    if not archs:
+        raise RuntimeError(f"gradalign_fast: `nvcc --list-gpu-arch` ({cuda_home}) listed no "
+                           f"architecture: {out.strip()[:300]!r}; set TORCH_CUDA_ARCH_LIST")
+    return archs
 
 
 def _nvcc_version(cuda_home):
-    out = _run([os.path.join(cuda_home, "bin", "nvcc"), "--version"])
+    out = _nvcc(cuda_home, "--version")
     m = re.search(r"release ([\d.]+), V([\d.]+)", out)
-    return m.group(2) if m else None
+    if not m:
+        raise RuntimeError(f"gradalign_fast: no version in `nvcc --version` ({cuda_home}): "
+                           f"{out.strip()[:300]!r}")
+    return m.group(2)
 
 
 def _gpu_capabilities():
     """Compute capabilities (e.g. 90) of the visible NVIDIA GPUs; empty without one."""
-    out = _run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"])
+    out = _probe(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"])
     caps = {int(round(float(v) * 10)) for v in re.findall(r"^\s*(\d+\.\d+)\s*$", out, re.M)}
     if not caps:
         import torch
@@ -84,13 +115,18 @@ def _gpu_capabilities():
 
 def _default_arch_list(cuda_home):
     """The visible GPUs' architectures where nvcc supports them (a build for this machine);
-    without a GPU, sm_75 and newer as far as nvcc supports them, plus PTX for the newest."""
+    without a GPU, those of DEFAULT_CUDA_ARCHS that nvcc supports, plus PTX for the newest."""
     supported = _nvcc_archs(cuda_home)
     gpus = [c for c in _gpu_capabilities() if c in supported]
     if gpus:
         return ";".join(f"{a // 10}.{a % 10}" for a in gpus), "the visible GPU(s)"
-    archs = [a for a in supported if a >= 75 and a in (75, 80, 86, 89, 90, 100, 120)] or [75]
-    return ";".join(f"{a // 10}.{a % 10}" for a in archs) + "+PTX", "no GPU visible: sm_75+"
+    archs = [a for a in DEFAULT_CUDA_ARCHS if a in supported]
+    if not archs:
+        raise RuntimeError(f"gradalign_fast: nvcc ({cuda_home}) supports none of the default "
+                           f"CUDA architectures {DEFAULT_CUDA_ARCHS} (it lists {supported}); "
+                           "set TORCH_CUDA_ARCH_LIST")
+    return (";".join(f"{a // 10}.{a % 10}" for a in archs) + "+PTX",
+            "no GPU visible: DEFAULT_CUDA_ARCHS that nvcc supports")
 
 
 def _sources():
@@ -112,9 +148,11 @@ def _extensions():
     debug = os.environ.get("GRADALIGN_FAST_DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     sources, cuda_sources, headers = _sources()
-    extra = {"cxx": opt + ["-std=c++20"]}
-    include_dirs = [os.path.join(ROOT, "csrc")]
     use_cuda = _want_cuda() and bool(cuda_sources)
+    # GCC reports -Wmaybe-uninitialized inside c10::SmallVector when it inlines TensorIterator's
+    # loops into a kernel, past the system-header rule: a false positive in torch's code.
+    extra = {"cxx": opt + ["-std=c++20", "-Wno-maybe-uninitialized"]}
+    include_dirs = [os.path.join(ROOT, "csrc")]
     arch_why = None
     if use_cuda:
         home = _cuda_home()
@@ -137,6 +175,11 @@ def _extensions():
         extra["cxx"].append("-DGRADALIGN_FAST_WITH_CUDA")
     else:
         ext_cls = cpp_extension.CppExtension
+    # torch's headers as system headers: their warnings are not this project's (the compiler
+    # ignores the -I that torch's BuildExtension adds for a directory also given as -isystem).
+    for d in cpp_extension.include_paths("cuda" if use_cuda else "cpu"):
+        for flags in extra.values():
+            flags += ["-isystem", d]
     _INFO.update(_describe_build(use_cuda, debug))
     config = _config_stamp(repr((ext_cls.__name__, sources, include_dirs, extra, _INFO)))
     print(f"[gradalign_fast] building {'CPU+CUDA' if use_cuda else 'CPU-only'} extension"
@@ -182,7 +225,8 @@ def _describe_build(use_cuda, debug):
         "cuda_arch_flags": [],
         "python": platform.python_version(),
         "platform": sysconfig.get_platform(),
-        "compiler": (_run([os.environ.get("CXX", "c++"), "--version"]).splitlines() or [""])[0],
+        "compiler": (_probe([os.environ.get("CXX", "c++"), "--version"]).splitlines()
+                     or ["unknown"])[0],
         "debug": debug,
     }
     if use_cuda:

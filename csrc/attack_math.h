@@ -6,10 +6,9 @@
 
 namespace gradalign_fast {
 
-// The formulas are branch-free: a branch per element on the sign of a random gradient
-// mispredicts half the time (the CPU kernel ran at ~7 ns per element with nested ternaries,
-// 2.6x slower than the five PyTorch ops it fuses); comparisons turned into values and
-// one-sided selects compile to setcc/max/min instructions.
+// The formulas are branch-free: the sign of a random gradient is unpredictable, so a branch
+// per element on it mispredicts about half the time; comparisons turned into values and
+// one-sided selects compile to setcc/max/min instructions instead.
 
 // torch.sign: 1, -1, or +0 for +-0 and NaN (a NaN gradient element gives no step, as in
 // the reference; both comparisons are false for NaN).

@@ -12,9 +12,8 @@ namespace gradalign_fast {
 //   g_over_a = grad_cos[i] / |a_i|, inv_b = 1 / |b_i|, cos_over_a = cos[i] / |a_i|,
 // all three 0 for a sample with a zero norm (it is left out: its gradient is 0).
 // Each scalar divides by one norm only: 1 / (|a| |b|) and cos / |a|^2 underflow their
-// denominators (and overflow) in float32 once the norms fall below ~1e-19, which the input
-// gradients of a confident model reach (an exact-GradAlign MNIST run turned NaN that way;
-// tests/test_cosine_op.py). A norm below the smallest normal number of math_t (a denormal
+// denominators (and overflow) in float32 once the norms fall below ~1e-19, a size the input
+// gradients of a confident model reach (tests/test_cosine_op.py has such a batch). A norm below the smallest normal number of math_t (a denormal
 // norm, ~1e-38 in float32) counts as zero here: its reciprocal would overflow.
 // vec_t: dtype of the [B] inputs (float, or double for double a); math_t: the element math
 // type (at::opmath_type of a's dtype: float for half/bfloat16/float, double for double).

@@ -47,7 +47,9 @@ TORCH_LIBRARY(gradalign_fast, m) {
   // FGSM: delta = 0, alpha = eps. PGD: project = true. N-FGSM: project = false.
   m.def("attack_step(Tensor x, Tensor delta, Tensor grad, float alpha, float eps, float lo, "
         "float hi, bool project) -> Tensor");
-  m.def("attack_step_(Tensor x, Tensor(a!) delta, Tensor grad, float alpha, float eps, "
+  // attack_step written into delta, the tensor it mutates and so its first argument (the
+  // trailing underscore's `self`); gradalign_fast.ops.attack_step_ keeps attack_step's order.
+  m.def("attack_step_(Tensor(a!) delta, Tensor x, Tensor grad, float alpha, float eps, "
         "float lo, float hi, bool project) -> ()");
   // A random perturbation delta ~ U([-radius, radius]^d) shaped like x; with clip_to_box,
   // delta = clamp(x + delta, lo, hi) - x. FGSM-RS start: radius = eps; N-FGSM noise: 2 eps.

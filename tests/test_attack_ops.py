@@ -7,8 +7,8 @@ import torch
 
 from gradalign_fast import ops
 from gradalign_fast.ops import reference
-
-from op_samples import LOW, layouts
+from gradalign_fast.testing.layouts import layouts
+from gradalign_fast.testing.op_samples import LOW
 
 cuda = pytest.mark.cuda
 
@@ -32,6 +32,25 @@ def test_attack_step_nan_gradient_takes_no_step_like_torch_sign(device):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert torch.isfinite(got).all()
     assert got[0, 0] == torch.clamp(x[0, 0] + delta[0, 0].clamp(-0.1, 0.1), 0, 1) - x[0, 0]
+
+
+def test_attack_step_inplace_mutates_its_first_argument(device):
+    """The schema marks the first argument, delta, as written (the trailing underscore's
+    `self`); the Python wrapper keeps attack_step's order and returns delta."""
+    if not ops.has_ops():
+        pytest.skip(f"compiled ops not loaded: {ops.ops_error()}")
+    schema = torch.ops.gradalign_fast.attack_step_.default._schema
+    assert [a.name for a in schema.arguments[:3]] == ["delta", "x", "grad"]
+    assert [bool(a.alias_info and a.alias_info.is_write) for a in schema.arguments] == \
+        [True] + [False] * (len(schema.arguments) - 1)
+    x, delta, grad = _inputs((2, 5), device=device)
+    want = reference.attack_step(x, delta, grad, 0.1, 0.1, 0.0, 1.0, True)
+    x0, g0 = x.clone(), grad.clone()
+    torch.ops.gradalign_fast.attack_step_(delta, x, grad, 0.1, 0.1, 0.0, 1.0, True)
+    torch.testing.assert_close(delta, want, rtol=0, atol=0)
+    assert torch.equal(x, x0) and torch.equal(grad, g0)
+    d2 = torch.zeros_like(x)
+    assert ops.attack_step_(x, d2, grad, 0.1, 0.1, 0.0, 1.0, True) is d2
 
 
 def test_random_delta_range_box_and_distribution(device):

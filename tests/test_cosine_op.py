@@ -8,8 +8,8 @@ import torch.nn.functional as F
 import gradalign_fast as gf
 from gradalign_fast import ops
 from gradalign_fast.ops import reference
-
-from op_samples import LOW, layouts
+from gradalign_fast.testing.layouts import layouts
+from gradalign_fast.testing.op_samples import LOW
 
 
 def _pair(shape, dtype=torch.float64, device="cpu"):
@@ -59,6 +59,29 @@ def test_autograd_is_the_cpp_function_and_differentiates_only_what_needs_it(devi
     assert a.grad is None
 
 
+def test_second_backward_raises_a_clear_error(device):
+    """cosine_backward is not differentiable: a graph built through the cosine's backward
+    (create_graph=True) refuses its own backward instead of giving a silent zero; a single
+    backward with create_graph=True still works (GradAlign's step)."""
+    if not gf.has_ops():
+        pytest.skip(f"compiled ops not loaded: {gf.ops_error()}")
+    a, b = _pair((3, 2, 5), device=device)
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    (grad_b,) = torch.autograd.grad(ops.cosine(a, b)[0].sum(), b, create_graph=True)
+    rb = b.detach().clone().requires_grad_()
+    (want,) = torch.autograd.grad(reference.cosine(a.detach(), rb)[0].sum(), rb)
+    torch.testing.assert_close(grad_b, want, rtol=1e-12, atol=1e-12)
+    assert grad_b.requires_grad
+    with pytest.raises(RuntimeError, match="gradalign_fast::cosine_backward is not "
+                                           "differentiable: a second backward"):
+        grad_b.sum().backward()
+    with pytest.raises(RuntimeError, match="cosine_backward is not differentiable"):
+        ops.cosine_backward(torch.ones(3, dtype=torch.float64, device=device,
+                                       requires_grad=True), a, b,
+                            *(v.detach() for v in ops.cosine(a, b))).sum().backward()
+
+
 @pytest.mark.parametrize("scale", [1e-10, 1e-18, 1e-22, 1e-25, 1e-30])
 def test_tiny_gradients_give_finite_float32_results_like_float64(scale, device):
     """Input gradients of a confident model reach norms of 1e-19 and below, where the product
@@ -103,7 +126,7 @@ def test_half_grad_cos_equals_float32(dtype, device):
                                ops.cosine_backward(g.float(), a, b, cos, na, nb), rtol=0, atol=0)
 
 
-# ------------------------------------------------------------------------- CUDA, large samples
+# ------------------------------------------------------------------------- large samples
 def _correlated(shape, dtype, device, seed=0):
     g = torch.Generator(device=device).manual_seed(seed)
     a = torch.randn(shape, generator=g, device=device, dtype=torch.float32)
@@ -131,14 +154,18 @@ def test_cuda_split_samples_match_float64(shape, dtype):
         assert got[0][0].item() == 0.0 and got[2][0].item() == 0.0
 
 
-@pytest.mark.cuda
-def test_cuda_large_batch_and_large_samples_within_pytorch_error():
-    """B large enough that each sample gets one block (B >= one wave of resident blocks), S
-    large: every thread sums S / 256 terms in float. Error against the float64 truth at most
-    twice that of PyTorch's own float32 F.cosine_similarity (review: cuda-review.md)."""
-    props = torch.cuda.get_device_properties(0)
-    batch = props.multi_processor_count * (props.max_threads_per_multi_processor // 256)
-    a, b = _correlated((batch, 524_291), torch.float32, "cuda")
+def test_large_batch_and_large_samples_within_pytorch_error(device):
+    """B and S large. On CUDA, B large enough that each sample gets one block (B >= one wave of
+    resident blocks): every thread sums S / 256 terms in float; on the CPU (double
+    accumulation) a smaller case of the same kind. Error against the float64 truth at most
+    twice that of PyTorch's own float32 F.cosine_similarity."""
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        shape = (props.multi_processor_count * (props.max_threads_per_multi_processor // 256),
+                 524_291)
+    else:
+        shape = (64, 131_075)
+    a, b = _correlated(shape, torch.float32, device)
     truth = reference.cosine(a.double(), b.double())
     torch_err = (F.cosine_similarity(a, b, dim=1).double() - truth[0]).abs().max().item()
     cos, na, nb = ops.cosine(a, b)

@@ -1,4 +1,5 @@
 """The compiled extension: loaded when built, and an announced (not silent) fallback."""
+import functools
 import os
 import shutil
 import subprocess
@@ -10,8 +11,10 @@ import torch
 
 import gradalign_fast as gf
 from gradalign_fast.ops import _loading, reference
+from gradalign_fast.testing.op_samples import OPS, op_sample_params, sample
 
-from op_samples import OPS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_has_ops_after_setup():
@@ -36,62 +39,130 @@ def test_cuda_kernels_compiled_when_toolkit_present():
         assert not missing, f"no CUDA kernel registered for {missing}"
 
 
-@pytest.fixture
-def no_compiled_kernels(monkeypatch):
-    """The lookup reports no compiled kernel for any op and device (as a CPU-only build does
-    for CUDA tensors), with fresh once-per-device warnings; restored afterwards."""
+def _loaded():
     if not gf.has_ops():
         pytest.skip(f"compiled ops not loaded: {gf.ops_error()}")
 
-    def clear():
-        _loading._kernel.cache_clear()
-        _loading._warn_no_kernel.cache_clear()
 
-    clear()
-    monkeypatch.setattr(_loading, "has_kernel", lambda name, device_type: False)
-    yield
-    monkeypatch.undo()
-    clear()
+# A backend key without a compiled gradalign_fast kernel: on it the dispatcher runs the op's
+# CompositeExplicitAutograd kernel, the reference (CPU tensors redispatched there stand in for a
+# device this CPU machine cannot have: a CPU-only build's CUDA tensors take the same path).
+NO_KERNEL_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.PrivateUse1)
 
 
-def _spy(monkeypatch, name):
-    """Counts the calls of reference.`name` (what the wrappers fall back to)."""
-    calls = []
-    real = getattr(reference, name)
-    monkeypatch.setattr(reference, name, lambda *a, **k: calls.append(name) or real(*a, **k))
-    return calls
-
-
-def test_device_without_kernels_uses_the_reference_after_one_warning(no_compiled_kernels,
-                                                                      monkeypatch):
-    """A CPU-only build on a machine with a GPU: the ops on CUDA tensors use the reference,
-    announced by one RuntimeWarning per device type (not per op or call), and give its results.
-    Exercised here on CPU tensors through the wrappers, and for the "cuda" message through the
-    lookup itself (CUDA tensors too where a GPU exists)."""
+@pytest.mark.filterwarnings("ignore:gradalign_fast. no compiled kernels exist:RuntimeWarning")
+@pytest.mark.parametrize("op, name", op_sample_params())
+def test_dispatcher_runs_the_reference_where_no_kernel_exists(op, name):
+    """torch.ops.gradalign_fast.<op> on a dispatch key without a kernel gives reference.<op>'s
+    result, bit for bit, on every sample of every op."""
+    _loaded()
+    args = sample(op, name).args
+    m = OPS[op].mutates  # the in-place op writes args[m]: the reference gets a copy of it
+    copies = args if m is None else (*args[:m], args[m].clone(), *args[m + 1:])
     torch.manual_seed(0)
-    a, b = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
-    want = reference.cosine(a, b)
-    calls = _spy(monkeypatch, "cosine")
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    got = getattr(torch.ops.gradalign_fast, op).default.redispatch(NO_KERNEL_KEYS, *args)
+    torch.manual_seed(0)
+    want = getattr(reference, op)(*copies)
+    if m is not None:
+        got, want = args[m], copies[m]
+    for g, w in zip(got if isinstance(got, tuple) else (got,),
+                    want if isinstance(want, tuple) else (want,), strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_wrappers_call_the_dispatcher(op):
+    """gradalign_fast.ops.<op> is torch.ops.gradalign_fast.<op> (so both agree on a device
+    without a kernel too): the op reaches the dispatcher, with attack_step_'s delta first."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    _loaded()
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls.append((func, args))
+            return func(*args, **(kwargs or {}))
+
+    args = sample(op, OPS[op].build("cpu", torch.float64)[0].name).args
+    public = args
+    if op == "attack_step_":  # the wrapper keeps attack_step's order: (x, delta, grad, ...)
+        public = (args[1], args[0], *args[2:])
+    with Log() as log:
+        getattr(gf.ops, op)(*public)
+    ours = [(f, a) for f, a in log.calls if f.namespace == "gradalign_fast"]
+    assert [f for f, _ in ours] == [getattr(torch.ops.gradalign_fast, op).default], log.calls
+    assert ours[0][1][0] is args[0]
+
+
+def test_reference_fallback_warns_once_per_dispatch_key_at_the_caller(monkeypatch):
+    """A CPU-only build's CUDA tensors (here: the PrivateUse1 key): one RuntimeWarning per
+    dispatch key, not per op or call, pointing at the line that called the op; the CUDA
+    message says the build has no CUDA kernels."""
+    _loaded()
+    monkeypatch.setattr(_loading, "_warn_no_kernel",
+                        functools.lru_cache(maxsize=None)(_loading._warn_no_kernel.__wrapped__))
+    a, b = torch.randn(3, 4), torch.randn(3, 4)
+    x = torch.rand(2, 5)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        for dev in devices:
-            for _ in range(2):
-                got = gf.ops.cosine(a.to(dev), b.to(dev))
-                for g, r in zip(got, want):
-                    torch.testing.assert_close(g.cpu(), r, rtol=0, atol=0)
-                x = torch.rand(2, 5, device=dev)
-                gf.ops.attack_step(x, torch.zeros_like(x), torch.randn_like(x), 0.1, 0.1)
-        assert gf.ops.kernel("cosine", torch.device("cuda")) is None
-        assert gf.ops.kernel("relu_affine_backward", torch.device("cuda")) is None
-    assert calls == ["cosine"] * 2 * len(devices)
+        for _ in range(2):
+            torch.ops.gradalign_fast.cosine.default.redispatch(NO_KERNEL_KEYS, a, b)
+            torch.ops.gradalign_fast.attack_step.default.redispatch(
+                NO_KERNEL_KEYS, x, torch.zeros_like(x), torch.randn_like(x), 0.1, 0.1, 0.0, 1.0,
+                True)
+        _loading.announce_reference("CUDA")
     msgs = [str(x.message) for x in w if issubclass(x.category, RuntimeWarning)]
-    assert len(msgs) == 2, msgs  # one for cpu, one for cuda
-    assert "no compiled kernels exist for 'cpu'" in msgs[0] and "cpu tensors use the " \
-        "pure-PyTorch reference" in msgs[0]
+    assert len(msgs) == 2, msgs
+    assert "no compiled kernels exist for dispatch key PrivateUse1" in msgs[0]
+    assert "its tensors use the pure-PyTorch reference" in msgs[0]
+    assert w[0].filename == __file__, w[0].filename  # the caller's line
     assert f"this build has no CUDA kernels (cuda_version() = {gf.ops.cuda_version()}" in msgs[1]
-    assert "cuda tensors use the pure-PyTorch reference" in msgs[1]
-    assert all(x.filename == __file__ for x in w), [x.filename for x in w]  # the caller's line
+
+
+def test_has_kernel_reports_compiled_kernels_only():
+    """The reference registered for every dispatch key does not count as a compiled kernel."""
+    _loaded()
+    for op in OPS:
+        assert gf.ops.has_kernel(op, "cpu"), op
+        assert gf.ops.has_kernel(op, "cuda") == gf.has_cuda_ops(), op
+        assert not gf.ops.has_kernel(op, "xpu") and not gf.ops.has_kernel(op, "meta"), op
+
+
+@pytest.mark.parametrize("built, running, ok", [
+    (13000, "13.0", True), (12080, "12.8", True), (-1, "13.0", True), (13000, None, True),
+    (12080, "13.0", False), (13000, "13.1", False), (12060, "12.8", False)])
+def test_cuda_version_of_the_build_must_match_torch(monkeypatch, built, running, ok):
+    """torchvision's _check_cuda_version: CUDA kernels built with another CUDA major.minor than
+    the running torch's are refused with a clear error (checked at load)."""
+    monkeypatch.setattr(_loading, "cuda_version", lambda: built)
+    monkeypatch.setattr(torch.version, "cuda", running)
+    if ok:
+        _loading.check_cuda_version()
+        return
+    with pytest.raises(RuntimeError, match=(
+            rf"built with CUDA {built // 1000}\.{built % 1000 // 10} but torch .* uses CUDA "
+            rf"{running}; rebuild")):
+        _loading.check_cuda_version()
+
+
+def test_a_failing_nvcc_stops_the_build(tmp_path):
+    """setup.py with CUDA wanted and an nvcc that fails: a clear error naming the command, not
+    a silent default architecture list."""
+    nvcc = tmp_path / "bin" / "nvcc"
+    nvcc.parent.mkdir()
+    nvcc.write_text("#!/bin/sh\necho 'nvcc: broken install' >&2\nexit 3\n")
+    nvcc.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_CUDA_ARCH_LIST"}
+    env.update(CUDA_HOME=str(tmp_path), GRADALIGN_FAST_FORCE_CUDA="1")
+    out = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert f"`{nvcc} --list-gpu-arch` exited 3: nvcc: broken install" in out.stderr, out.stderr
+    assert "GRADALIGN_FAST_FORCE_CUDA=0" in out.stderr
 
 
 def test_fallback_is_announced_and_matches():
@@ -102,6 +173,8 @@ def test_fallback_is_announced_and_matches():
         "    import gradalign_fast as gf\n"
         "assert not gf.has_ops() and 'GRADALIGN_FAST_DISABLE_OPS' in gf.ops_error()\n"
         "assert sum('compiled ops unavailable' in str(x.message) for x in w) == 1, w\n"
+        "assert [x.filename for x in w if 'compiled ops unavailable' in str(x.message)] == "
+        "['<string>'], w  # the importing line\n"
         "torch.manual_seed(0)\n"
         "a = torch.randn(3, 4, dtype=torch.float64); b = torch.randn(3, 4, dtype=torch.float64)\n"
         "print(repr(gf.ops.cosine(a, b)[0].tolist()))\n"
@@ -116,7 +189,6 @@ def test_fallback_is_announced_and_matches():
                                gf.ops.cosine(a, b)[0], rtol=1e-12, atol=1e-12)
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTSIDE_CHECK = """
 import importlib.resources, os, sys, torch, torch.nn as nn
 import gradalign_fast as gf
@@ -171,7 +243,7 @@ def test_wheel_and_non_editable_install(tmp_path):
     assert meta["License-Expression"] == "BSD-3-Clause"
     assert meta["Requires-Python"] == ">=3.10"
     requires = meta.get_all("Requires-Dist")
-    for dep in ("torch>=2.4", "numpy>=1.22", "tqdm>=4.60", "matplotlib>=3.5"):
+    for dep in ("torch<2.15,>=2.13", "numpy>=1.22", "tqdm>=4.60", "matplotlib>=3.5"):
         assert dep in requires, requires
     assert any(u.startswith("Paper, https://arxiv.org/abs/2007.02617")
                for u in meta.get_all("Project-URL")), meta.get_all("Project-URL")

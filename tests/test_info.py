@@ -11,6 +11,7 @@ import torch
 import gradalign_fast as gf
 from gradalign_fast import cli, ops
 from gradalign_fast.cli.commands import info
+from gradalign_fast.testing.op_samples import OPS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,18 +29,19 @@ def test_info_reports_versions_kernels_and_agreement(capsys):
     assert ver["gradalign_fast"]["version"] == gf.__version__
     assert ver["torch"]["version"] == torch.__version__
     assert ver["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
-    assert set(out["kernels"]) == set(info.OPS)
+    assert set(out["kernels"]) == set(ops.TENSOR_OPS)
     for op, per in out["kernels"].items():
         assert per == {d: ops.has_kernel(op, d) for d in info.DEVICE_TYPES}
     checked = {(r["device"], r["op"]) for r in out["self_check"]}
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     assert out["devices_checked"] == devices
     for dev in devices:
-        assert {(dev, op) for op in info.OPS + ("GradAlignLoss",)} <= checked
-    layouts = {r["layout"] for r in out["self_check"]}
-    assert {"contiguous", "channels_last", "transposed", "batch_strided"} <= layouts
+        assert {(dev, op) for op in ops.TENSOR_OPS + ("GradAlignLoss",)} <= checked
+    for op in ops.TENSOR_OPS:  # every sample of the op list (gradalign_fast.testing.op_samples)
+        names = {r["layout"] for r in out["self_check"] if r["op"] == op}
+        assert names == {s.name for s in OPS[op].build("cpu", torch.float64)}, op
     if gf.has_ops():
-        assert all(r["kernel"] for r in out["self_check"] if r["op"] in info.OPS
+        assert all(r["kernel"] for r in out["self_check"] if r["op"] in ops.TENSOR_OPS
                    and r["device"] == "cpu")
 
 
@@ -100,7 +102,7 @@ def test_an_op_that_raises_disagrees(capsys, monkeypatch):
     assert code == 1
     row = next(r for r in out["self_check"] if not r["ok"])
     assert "no kernel image" in row["error"] and math.isinf(row["max_err"])
-    assert "_check_relu_affine on cpu" in out["summary"]
+    assert "relu_affine_backward on cpu" in out["summary"]
 
 
 def test_gradalign_disagreement_fails(capsys, monkeypatch):
@@ -117,6 +119,18 @@ def test_no_check_and_bad_device(capsys):
     code, out = _run_json(capsys, "--no-check")
     assert code == 0 and out["self_check"] == [] and out["summary"] == "self-check: not run"
     assert cli.main(["info", "--device", "tpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown device type(s) ['tpu']"), err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible")
+def test_device_cuda_without_a_gpu_is_one_error_line(capsys):
+    """The CLI's convention (gradalign_fast/cli/__init__.py): one `error: ...` line, exit 2."""
+    assert cli.main(["info", "--device", "cuda"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert err == ["error: --device cuda, but no CUDA GPU is visible"], err
+    assert captured.out == ""
 
 
 def test_info_command_line_exit_status():

@@ -1,8 +1,10 @@
-"""Every gradalign_fast op on every sample of its list (tests/op_samples.py), on every device:
-opcheck, gradcheck (float64), agreement with the float64 reference, half/bfloat16 within a small
-multiple of plain PyTorch's own error, CPU-vs-CUDA agreement, and the fake kernels' errors equal
-to the kernels'. The ops are called directly (torch.ops.gradalign_fast.*), not through the
-wrappers, so a missing kernel skips rather than falls back.
+"""Every gradalign_fast op on every sample of its list (gradalign_fast/testing/op_samples.py),
+on every device: opcheck, gradcheck (float64), agreement with the reference (same dtype, and the
+harness of gradalign_fast/testing/op_agreement.py against the float64 truth), half/bfloat16
+within a small multiple of plain PyTorch's own error, CPU-vs-CUDA agreement, and the fake
+kernels' errors equal to the kernels'. The ops are called directly
+(torch.ops.gradalign_fast.*), not through the wrappers, so a missing kernel skips rather than
+falls back.
 """
 import math
 
@@ -14,9 +16,11 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import gradalign_fast as gf
 from gradalign_fast import ops
 from gradalign_fast.ops import reference
+from gradalign_fast.testing import op_agreement
+from gradalign_fast.testing.op_agreement import TOL, run, truth
+from gradalign_fast.testing.op_samples import LOW, NOT_SAMPLED, OPS, op_sample_params, sample
 
 from conftest import DEVICES
-from op_samples import LOW, NOT_SAMPLED, OPS, op_sample_params, sample
 
 PARAMS = op_sample_params()
 # Float tolerance of each op against the reference (same inputs); 0: bit for bit. float32:
@@ -29,23 +33,11 @@ def _kernel(op: str, device: str):
     """The compiled kernel of op for device, or a skip where this build has none."""
     if not ops.has_kernel(op, torch.device(device).type):
         pytest.skip(f"no compiled {op} kernel for {device}: {gf.ops_error()}")
-    return getattr(torch.ops.gradalign_fast, op).default
+    return op_agreement.kernel(op)
 
 
-def _outputs(op: str, result, args) -> tuple:
-    if OPS[op].mutates is not None:
-        return (args[OPS[op].mutates],)
-    return result if isinstance(result, tuple) else (result,)
-
-
-def _double(args) -> tuple:
-    return tuple(a.double() if isinstance(a, torch.Tensor) else a for a in args)
-
-
-def _run_reference(op: str, args) -> tuple:
-    """The reference's result(s) on copies of args (an in-place kernel changes them)."""
-    out = OPS[op].reference(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
-    return out if isinstance(out, tuple) else (out,)
+def _clones(args) -> tuple:
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
 
 
 def test_every_op_has_samples():
@@ -54,6 +46,7 @@ def test_every_op_has_samples():
     registered = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names()
                   if n.startswith("gradalign_fast::")}
     assert registered == set(OPS) | set(NOT_SAMPLED), registered ^ (set(OPS) | set(NOT_SAMPLED))
+    assert set(ops.TENSOR_OPS) == set(OPS)
     for op in OPS:
         names = [s.name for s in OPS[op].build("cpu", torch.float64)]
         assert names and len(names) == len(set(names)), op
@@ -109,9 +102,9 @@ def test_matches_reference(op, name, device, dtype):
                     "test_attack_ops.py checks the CUDA clip against the reference formula")
     args = sample(op, name, device, dtype).args
     torch.manual_seed(0)
-    want = _run_reference(op, args)
+    want = run(op, OPS[op].reference, _clones(args))  # an in-place kernel writes args
     torch.manual_seed(0)
-    got = _outputs(op, kernel(*args), args)
+    got = run(op, kernel, args)
     tol = REF_TOL.get(op, {}).get(dtype, 0.0)
     for g, w in zip(got, want, strict=True):
         assert g.device == w.device and g.dtype == w.dtype and g.shape == w.shape
@@ -119,6 +112,34 @@ def test_matches_reference(op, name, device, dtype):
     like = args[1] if op == "cosine_backward" else args[0]
     if OPS[op].mutates is None and op != "cosine":  # one output, shaped like an input
         assert got[0].stride() == torch.empty_like(like).stride()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, *LOW])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", list(OPS))
+def test_agreement_harness_accepts_the_kernels(op, device, dtype):
+    """The harness that `info` and the sanitizer driver run: every sample within TOL of the
+    float64 truth (a random op: its contract)."""
+    kernel = _kernel(op, device)
+    errors = dict(op_agreement.agreement(op, kernel, device, dtype))
+    assert set(errors) == {s.name for s in OPS[op].build("cpu", torch.float64)}
+    assert max(errors.values()) <= TOL[dtype], errors
+
+
+def test_agreement_harness_catches_a_wrong_op():
+    """An implementation off by one rounding step, writing nothing in place or drawing from the
+    wrong range fails."""
+    def off(*args):
+        cos, na, nb = reference.cosine(*args)
+        return cos + 1e-3, na, nb
+
+    assert max(e for _, e in op_agreement.agreement("cosine", off, "cpu", torch.float32)) > \
+        TOL[torch.float32]
+    errors = dict(op_agreement.agreement("attack_step_", lambda *a: None, "cpu", torch.float64))
+    assert max(errors.values()) > TOL[torch.float64]
+    wide = lambda x, r, *rest: reference.random_delta(x, 2 * r + 0.01, *rest)  # noqa: E731
+    assert math.isinf(max(e for _, e in op_agreement.agreement("random_delta", wide, "cpu",
+                                                                torch.float64)))
 
 
 # Plain PyTorch's formulation of each op in the low-precision dtype itself (eager, each op
@@ -140,7 +161,7 @@ def _plain_cosine_backward(grad_cos, a, b, cos, norm_a, norm_b):
 
 
 PLAIN = {"cosine": _plain_cosine, "cosine_backward": _plain_cosine_backward,
-         "attack_step": reference.attack_step, "attack_step_": reference.attack_step,
+         "attack_step": reference.attack_step, "attack_step_": reference.attack_step_,
          "relu_affine_backward": reference.relu_affine_backward}
 LOW_PARAMS = [(op, name) for op, name in PARAMS if op in PLAIN]
 
@@ -153,19 +174,19 @@ def test_low_precision_within_pytorch_error(op, name, device, dtype):
     PyTorch's in that dtype, plus one rounding of the output."""
     kernel = _kernel(op, device)
     args = sample(op, name, device, dtype).args
-    truth = _run_reference(op, _double(args))
-    plain = PLAIN[op](*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
-    plain = plain if isinstance(plain, tuple) else (plain,)
-    got = _outputs(op, kernel(*args), args)
-    for g, p, t in zip(got, plain, truth, strict=True):
+    want = truth(op, args)
+    plain = run(op, PLAIN[op], _clones(args))
+    got = run(op, kernel, args)
+    for g, p, t in zip(got, plain, want, strict=True):
         assert g.shape == t.shape and g.dtype == (torch.float32 if op == "cosine" else dtype)
         if t.numel() == 0:
             continue
         # where plain PyTorch gives NaN (F.cosine_similarity of a zero half vector), the
         # kernel must be within one rounding
-        plain_err = (p.double() - t).abs().nan_to_num(nan=0.0).max().item()
+        plain_err = (p.double().cpu() - t).abs().nan_to_num(nan=0.0).max().item()
         floor = torch.finfo(g.dtype).eps * t.abs().max().item()
-        assert (g.double() - t).abs().max().item() <= 2 * plain_err + floor, (plain_err, floor)
+        assert (g.double().cpu() - t).abs().max().item() <= 2 * plain_err + floor, \
+            (plain_err, floor)
 
 
 CUDA_TOL = {"cosine": lambda dtype, cpu: 1e-12 if dtype == torch.float64 else 2e-5,
@@ -182,8 +203,8 @@ def test_cuda_matches_cpu(op, name, dtype):
     its backward: one FMA contraction apart."""
     cpu_args = sample(op, name, "cpu", dtype).args
     cuda_args = sample(op, name, "cuda", dtype).args
-    want = _outputs(op, _kernel(op, "cpu")(*cpu_args), cpu_args)
-    got = _outputs(op, _kernel(op, "cuda")(*cuda_args), cuda_args)
+    want = run(op, _kernel(op, "cpu"), cpu_args)
+    got = run(op, _kernel(op, "cuda"), cuda_args)
     for g, w in zip(got, want, strict=True):
         assert g.is_cuda and g.dtype == w.dtype and g.shape == w.shape and (
             g.stride() == w.stride() or g.numel() == 0)
@@ -208,6 +229,9 @@ BAD_INPUTS = [  # (op, args builder, message fragment)
      "`grad_cos` must have shape \\[2\\]"),
     ("cosine_backward", lambda: (torch.rand(2), *(torch.rand(2, 3),) * 2,
                                  *(torch.rand(2).double(),) * 3), "must be Float"),
+    ("cosine_backward", lambda: (torch.ones(2, dtype=torch.long), *(torch.rand(2, 3),) * 2,
+                                 *(torch.rand(2),) * 3),
+     "`grad_cos` must be a floating-point tensor .*got Long"),
     ("attack_step", lambda: (_x(), _x(), _x()[:, :2], 0.1, 0.1, 0.0, 1.0, True), "shape"),
     ("attack_step", lambda: (_x(), _x().double(), _x(), 0.1, 0.1, 0.0, 1.0, True), "dtype"),
     ("attack_step", lambda: (_x(), _x(), _x(), -0.1234567, 0.1, 0.0, 1.0, True),

@@ -5,8 +5,7 @@ import torch
 
 from gradalign_fast import ops
 from gradalign_fast.ops import reference
-
-from op_samples import LOW, sample
+from gradalign_fast.testing.op_samples import LOW, sample
 
 OP = "relu_affine_backward"
 

@@ -1,12 +1,14 @@
-// Autograd of gradalign_fast::cosine, in C++ (torchvision's csrc/ops/autograd pattern): the op
-// GradAlign calls every step runs its forward and backward with no Python in between (the
-// Python torch.library.register_autograd path cost ~70 us per step: a few percent of a small
-// model's step on a GPU). Device-independent: the saved tensors go back to the dispatcher.
+// Autograd of gradalign_fast::cosine and cosine_backward, in C++ (torchvision's
+// csrc/ops/autograd pattern): the op GradAlign calls every step runs its forward and backward
+// with no Python in between (a Python autograd Function would add interpreter work to every
+// step). Device-independent: the saved tensors go back to the dispatcher.
 //
 // a, b: [B, ...]; cos, norm_a, norm_b: [B]. d cos / d a is cosine_backward(grad_cos, a, b,
 // ...), d cos / d b the same op with the roles of a and b swapped; the norms are returned
-// for masking and monitoring and carry no gradient. The backward is not itself
-// differentiable (GradAlign differentiates the cosine once).
+// for masking and monitoring and carry no gradient. cosine_backward is not itself
+// differentiable (GradAlign differentiates the cosine once): its autograd kernel records a
+// node only when a graph is being built (create_graph=True), and that node's backward raises
+// (torchvision's *BackwardFunction pattern) instead of returning a silent zero.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -62,6 +64,30 @@ class CosineFunction : public torch::autograd::Function<CosineFunction> {
   }
 };
 
+class CosineBackwardFunction : public torch::autograd::Function<CosineBackwardFunction> {
+ public:
+  static variable_list forward(AutogradContext* /*ctx*/, const at::Tensor& grad_cos,
+                               const at::Tensor& a, const at::Tensor& b, const at::Tensor& cos,
+                               const at::Tensor& norm_a, const at::Tensor& norm_b) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return {cosine_backward_op(grad_cos, a, b, cos, norm_a, norm_b)};
+  }
+
+  static variable_list backward(AutogradContext* /*ctx*/, variable_list /*grads*/) {
+    TORCH_CHECK(false,
+                "gradalign_fast::cosine_backward is not differentiable: a second backward "
+                "through gradalign_fast.ops.cosine (create_graph=True through its backward) "
+                "is not supported");
+    return {};
+  }
+};
+
+at::Tensor cosine_backward_autograd(const at::Tensor& grad_cos, const at::Tensor& a,
+                                    const at::Tensor& b, const at::Tensor& cos,
+                                    const at::Tensor& norm_a, const at::Tensor& norm_b) {
+  return CosineBackwardFunction::apply(grad_cos, a, b, cos, norm_a, norm_b)[0];
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_autograd(const at::Tensor& a,
                                                                const at::Tensor& b) {
   auto out = CosineFunction::apply(a, b);
@@ -72,6 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_autograd(const at::Tensor&
 
 TORCH_LIBRARY_IMPL(gradalign_fast, Autograd, m) {
   m.impl("cosine", &cosine_autograd);
+  m.impl("cosine_backward", &cosine_backward_autograd);
 }
 
 }  // namespace gradalign_fast

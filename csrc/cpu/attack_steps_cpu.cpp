@@ -36,7 +36,7 @@ at::Tensor attack_step_cpu(const at::Tensor& x, const at::Tensor& delta, const a
   return out;
 }
 
-void attack_step_inplace_cpu(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& grad,
+void attack_step_inplace_cpu(const at::Tensor& delta, const at::Tensor& x, const at::Tensor& grad,
                              double alpha, double eps, double lo, double hi, bool project) {
   check_attack_inputs(x, delta, grad, alpha, eps, lo, hi, "gradalign_fast::attack_step_");
   auto iter = make_attack_step_iter(delta, x, delta, grad);

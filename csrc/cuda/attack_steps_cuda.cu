@@ -72,7 +72,7 @@ at::Tensor attack_step_cuda(const at::Tensor& x, const at::Tensor& delta, const 
   return out;
 }
 
-void attack_step_inplace_cuda(const at::Tensor& x, const at::Tensor& delta,
+void attack_step_inplace_cuda(const at::Tensor& delta, const at::Tensor& x,
                               const at::Tensor& grad, double alpha, double eps, double lo,
                               double hi, bool project) {
   const char* op = "gradalign_fast::attack_step_";

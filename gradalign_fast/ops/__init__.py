@@ -1,20 +1,31 @@
-"""The gradalign_fast ops: the compiled kernel for the tensors' device where one exists
-(see `kernel`, `has_ops()`), else the pure-PyTorch reference (`gradalign_fast.ops.reference`),
-which has the same contracts. Schemas and the exact contracts: csrc/gradalign_fast.cpp.
+"""The gradalign_fast ops: `torch.ops.gradalign_fast.*` where the compiled ops loaded (the
+dispatcher picks the compiled kernel for the tensors' device, or the pure-PyTorch reference
+where there is none: see `has_kernel`, `has_ops()`), else the reference itself
+(`gradalign_fast.ops.reference`), which has the same contracts. Schemas and the exact
+contracts: csrc/gradalign_fast.cpp.
 """
 from __future__ import annotations
+
+import types
 
 import torch
 
 from . import reference
-from ._loading import cuda_version, has_cuda_ops, has_kernel, has_ops, kernel, ops_error
+from ._loading import TENSOR_OPS, cuda_version, has_cuda_ops, has_kernel, has_ops, ops_error
 
-if has_ops():
-    from . import _registrations  # noqa: F401  (fake kernels and autograd of the compiled ops)
-
-__all__ = ["attack_step", "attack_step_", "cosine", "cosine_backward", "cuda_version",
-           "has_cuda_ops", "has_kernel", "has_ops", "kernel", "ops_error", "random_delta",
+__all__ = ["TENSOR_OPS", "attack_step", "attack_step_", "cosine", "cosine_backward",
+           "cuda_version", "has_cuda_ops", "has_kernel", "has_ops", "ops_error", "random_delta",
            "reference", "relu_affine_backward"]
+
+# What the wrappers call, one function per op with the op's schema: the dispatcher's ops
+# (their .default overloads), or the reference where the extension did not load.
+if has_ops():
+    from . import _registrations  # noqa: F401  (reference, fake and autograd kernels)
+
+    _impl = types.SimpleNamespace(**{op: getattr(torch.ops.gradalign_fast, op).default
+                                     for op in TENSOR_OPS})
+else:
+    _impl = reference
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor):
@@ -26,8 +37,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor):
         (cos, norm_a, norm_b), each [B] in float32 (float64 for float64 inputs); cos is 0
         where a norm is 0. The norms carry no gradient.
     """
-    k = kernel("cosine", a.device)
-    return k(a, b) if k is not None else reference.cosine(a, b)
+    return _impl.cosine(a, b)
 
 
 def cosine_backward(grad_cos, a, b, cos, norm_a, norm_b) -> torch.Tensor:
@@ -39,9 +49,7 @@ def cosine_backward(grad_cos, a, b, cos, norm_a, norm_b) -> torch.Tensor:
     Returns:
         [B, ...] shaped, typed and laid out like a; 0 for samples with a zero norm.
     """
-    k = kernel("cosine_backward", a.device)
-    f = k if k is not None else reference.cosine_backward
-    return f(grad_cos, a, b, cos, norm_a, norm_b)
+    return _impl.cosine_backward(grad_cos, a, b, cos, norm_a, norm_b)
 
 
 def attack_step(x, delta, grad, alpha: float, eps: float, lo: float = 0.0, hi: float = 1.0,
@@ -54,18 +62,17 @@ def attack_step(x, delta, grad, alpha: float, eps: float, lo: float = 0.0, hi: f
     Returns:
         The new delta, a new tensor like x.
     """
-    k = kernel("attack_step", x.device)
-    f = k if k is not None else reference.attack_step
-    return f(x, delta, grad, float(alpha), float(eps), float(lo), float(hi), bool(project))
+    return _impl.attack_step(x, delta, grad, float(alpha), float(eps), float(lo), float(hi),
+                             bool(project))
 
 
 def attack_step_(x, delta, grad, alpha: float, eps: float, lo: float = 0.0, hi: float = 1.0,
                  project: bool = True) -> torch.Tensor:
-    """`attack_step` written into delta in place (same arguments); returns delta."""
-    k = kernel("attack_step_", x.device)
-    if k is None:
-        return delta.copy_(reference.attack_step(x, delta, grad, alpha, eps, lo, hi, project))
-    k(x, delta, grad, float(alpha), float(eps), float(lo), float(hi), bool(project))
+    """`attack_step` written into delta in place (attack_step's arguments, in its order);
+    returns delta. The op itself, torch.ops.gradalign_fast.attack_step_, takes delta first
+    (the tensor it mutates)."""
+    _impl.attack_step_(delta, x, grad, float(alpha), float(eps), float(lo), float(hi),
+                       bool(project))
     return delta
 
 
@@ -80,9 +87,8 @@ def random_delta(x, radius: float, lo: float = 0.0, hi: float = 1.0, clip_to_box
     Returns:
         delta, a new tensor like x.
     """
-    k = kernel("random_delta", x.device)
-    f = k if k is not None else reference.random_delta
-    return f(x, float(radius), float(lo), float(hi), bool(clip_to_box), generator)
+    return _impl.random_delta(x, float(radius), float(lo), float(hi), bool(clip_to_box),
+                              generator)
 
 
 def relu_affine_backward(grad, x, scale, shift) -> torch.Tensor:
@@ -93,6 +99,4 @@ def relu_affine_backward(grad, x, scale, shift) -> torch.Tensor:
     Returns:
         grad where x * scale[c] + shift[c] > 0, else 0; like grad. Differentiable in grad.
     """
-    k = kernel("relu_affine_backward", x.device)
-    f = k if k is not None else reference.relu_affine_backward
-    return f(grad, x, scale, shift)
+    return _impl.relu_affine_backward(grad, x, scale, shift)

@@ -1,16 +1,39 @@
-"""Fake (meta) kernels of the compiled ops, and the autograd of relu_affine_backward;
-imported only when they loaded.
+"""Python registrations of the compiled ops, imported only when they loaded: the reference
+kernels, the fake (meta) kernels, and the autograd of relu_affine_backward.
+
+Every op's CompositeExplicitAutograd kernel is its pure-PyTorch reference (reference.py): the
+dispatcher runs it for a device with no compiled kernel (a CPU-only build's CUDA tensors, another
+device type), so torch.ops.gradalign_fast.* and gradalign_fast.ops.* work, and agree, there too;
+the first call per dispatch key warns (_loading.announce_reference).
 
 The fake kernels run the kernels' argument checks (_checks.py, the messages of
 csrc/op_checks.h) and return outputs shaped, typed and laid out as the kernels' are. The
-autograd of `cosine`, the op every GradAlign step calls, is registered in C++
-(csrc/autograd/cosine_autograd.cpp): no Python on its forward or backward.
+autograd of `cosine`, the op every GradAlign step calls, and of `cosine_backward` (which
+refuses a second backward) is registered in C++ (csrc/autograd/cosine_autograd.cpp): no
+Python on their forward or backward.
 """
 from __future__ import annotations
 
 import torch
 
-from . import _checks
+from . import _checks, _loading, reference
+from ._loading import TENSOR_OPS
+
+
+def _reference_kernel(op: str):
+    ref = getattr(reference, op)
+
+    def kernel(keyset, *args):  # keyset: the dispatch keys of this call (with_keyset=True)
+        _loading.announce_reference(keyset.highestPriorityTypeId().name)
+        return ref(*args)
+
+    kernel.__name__ = f"{op}_reference"
+    return kernel
+
+
+_LIB = torch.library.Library("gradalign_fast", "IMPL")
+for _op in TENSOR_OPS:
+    _LIB.impl(_op, _reference_kernel(_op), "CompositeExplicitAutograd", with_keyset=True)
 
 
 @torch.library.register_fake("gradalign_fast::cosine")
@@ -33,7 +56,7 @@ def _attack_step_fake(x, delta, grad, alpha, eps, lo, hi, project):
 
 
 @torch.library.register_fake("gradalign_fast::attack_step_")
-def _attack_step_inplace_fake(x, delta, grad, alpha, eps, lo, hi, project):
+def _attack_step_inplace_fake(delta, x, grad, alpha, eps, lo, hi, project):
     _checks.check_attack_inputs(x, delta, grad, alpha, eps, lo, hi,
                                 "gradalign_fast::attack_step_")
 

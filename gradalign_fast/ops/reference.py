@@ -1,15 +1,15 @@
-"""Pure-PyTorch reference of every gradalign_fast op, with the same contracts as the kernels
-(csrc/gradalign_fast.cpp): the tests' oracle (run it in float64) and the fallback wherever no
-compiled kernel exists for a tensor's device (see gradalign_fast.ops)."""
+"""Pure-PyTorch reference of every gradalign_fast op, one function per op with the op's schema
+and contract (csrc/gradalign_fast.cpp): the tests' oracle (run it in float64), the dispatcher's
+fallback wherever no compiled kernel exists for a tensor's device (registered as each op's
+CompositeExplicitAutograd kernel by _registrations.py), and gradalign_fast.ops's
+implementation when the compiled ops did not load."""
 from __future__ import annotations
 
 import math
 
 import torch
 
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ._checks import cosine_acc_dtype
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -17,7 +17,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
     cos is 0 where either norm is 0. Computed in float32 (float64 for float64 inputs).
     """
-    acc = _acc_dtype(a.dtype)
+    acc = cosine_acc_dtype(a.dtype)
     flat = (a.shape[0], math.prod(a.shape[1:]))  # [B, S]; not (B, -1), ambiguous for B = 0
     a2 = a.reshape(flat).to(acc)
     b2 = b.reshape(flat).to(acc)
@@ -45,9 +45,9 @@ def cosine_backward(grad_cos, a, b, cos, norm_a, norm_b) -> torch.Tensor:
     inv_b = torch.where(valid, 1.0 / nb, zero)
     cos_over_a = torch.where(valid, cos / na, zero)
     view = (-1,) + (1,) * (a.dim() - 1)
-    math = _acc_dtype(a.dtype)
-    out = g_over_a.view(view) * (b.to(math) * inv_b.view(view)
-                                 - a.to(math) * cos_over_a.view(view))
+    math_t = cosine_acc_dtype(a.dtype)  # the kernels' element math type (opmath)
+    out = g_over_a.view(view) * (b.to(math_t) * inv_b.view(view)
+                                 - a.to(math_t) * cos_over_a.view(view))
     return out.to(a.dtype)
 
 
@@ -57,6 +57,11 @@ def attack_step(x, delta, grad, alpha, eps, lo, hi, project) -> torch.Tensor:
     if project:
         d = torch.clamp(d, -eps, eps)
     return torch.clamp(x + d, lo, hi) - x
+
+
+def attack_step_(delta, x, grad, alpha, eps, lo, hi, project) -> None:
+    """attack_step written into delta (the op's schema: the mutated tensor first)."""
+    delta.copy_(attack_step(x, delta, grad, alpha, eps, lo, hi, project))
 
 
 def random_delta(x, radius, lo, hi, clip_to_box, generator=None) -> torch.Tensor:

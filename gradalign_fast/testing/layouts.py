@@ -1,5 +1,6 @@
-"""Awkward memory layouts of one logical tensor, shared by the tests' sample inputs
-(tests/op_samples.py) and the self-check of `python -m gradalign_fast info`."""
+"""Awkward memory layouts of one logical tensor, used by the op samples (op_samples.py, behind
+the tests, the self-check of `python -m gradalign_fast info` and the sanitizer driver) and the
+property tests."""
 from __future__ import annotations
 
 import torch

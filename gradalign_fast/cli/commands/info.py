@@ -6,7 +6,8 @@ built against, from gradalign_fast/_build_info.py, which setup.py writes; the CU
 architectures of the build; Python, platform, GPUs), which op has a compiled kernel on which
 device (`ops.has_kernel`), then a self-check: every op on every available device against the
 pure-PyTorch reference (`gradalign_fast.ops.reference`, evaluated in float64 on the CPU) on
-small awkward inputs (odd sizes, non-contiguous views, channels_last, zero-norm samples), and
+every sample of the op's list (gradalign_fast.testing.op_samples: awkward shapes and layouts,
+zero-norm samples; random_delta against its contract), and
 one GradAlignLoss value and parameter gradient against the authors' formulation
 (`testing.authors_reference.gradalign_regularizer`) in float64. The last line says whether all
 agree or which disagree; the exit status is 1 when one disagrees. `--json` prints one JSON
@@ -23,13 +24,8 @@ import platform
 import re
 import sys
 
-OPS = ("cosine", "cosine_backward", "attack_step", "attack_step_", "random_delta",
-       "relu_affine_backward")
 DEVICE_TYPES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
-# Tolerances relative to max(1, |reference|): float32 kernels accumulate in float32 where the
-# float64 reference does not; an op that computes the wrong thing is off by O(1).
-TOL = {"float32": 1e-4, "float64": 1e-10}
 GRADALIGN_TOL = 1e-8  # GradAlignLoss vs the authors' formulation, both float64
 
 
@@ -120,129 +116,22 @@ def kernels() -> dict:
     """{op: {device type: compiled kernel registered}}."""
     from ... import ops
 
-    return {op: {d: ops.has_kernel(op, d) for d in DEVICE_TYPES} for op in OPS}
+    return {op: {d: ops.has_kernel(op, d) for d in DEVICE_TYPES} for op in ops.TENSOR_OPS}
 
 
 # ----------------------------------------------------------------------------- self-check
-def layouts(t):
-    """gradalign_fast.testing.layouts, imported at the first call (torch loads only when the
-    self-check runs, not for --help)."""
-    from ...testing.layouts import layouts as awkward
+def _check_op(op):
+    """The op (through its public gradalign_fast.ops function) on every sample of the op
+    (gradalign_fast.testing.op_samples) against the float64 reference: testing.op_agreement,
+    the harness of the tests and the sanitizer driver."""
+    def check(dev, dtype):
+        from ...testing import op_agreement
 
-    return awkward(t)
+        yield from ((op, name, err) for name, err in
+                    op_agreement.agreement(op, op_agreement.wrapper(op), dev, dtype))
 
-
-
-
-def _err(got, want) -> float:
-    """max |got - want| / max(1, max |want|), in float64 on the CPU; inf where the shapes or
-    the NaN positions differ."""
-    import torch
-
-    got, want = got.detach().double().cpu(), want.detach().double().cpu()
-    if got.shape != want.shape or not torch.equal(got.isnan(), want.isnan()):
-        return math.inf
-    if want.numel() == 0:
-        return 0.0
-    diff = (got - want).abs().nan_to_num(nan=0.0)
-    return float(diff.max()) / max(1.0, float(want.abs().nan_to_num(nan=0.0).max()))
-
-
-SHAPES = ((3, 5, 7, 9), (5, 11))  # odd sizes; 4-D for channels_last, 2-D for flat inputs
-
-
-def _check_cosine(dev, dtype):
-    import torch
-
-    from ... import ops
-    from ...ops import reference
-
-    for shape in SHAPES:
-        a = torch.randn(shape, dtype=torch.float64)
-        b = torch.randn(shape, dtype=torch.float64)
-        a[0] = 0  # a zero-norm sample
-        a, b = a.to(dtype), b.to(dtype)
-        want = reference.cosine(a.double(), b.double())
-        want_grad = reference.cosine_backward(torch.ones(shape[0], dtype=torch.float64),
-                                              a.double(), b.double(), *want)
-        la, lb = layouts(a.to(dev)), layouts(b.to(dev))
-        for name in la:
-            got = ops.cosine(la[name], lb[name])
-            yield "cosine", name, max(_err(g, w) for g, w in zip(got, want))
-            grad = ops.cosine_backward(torch.ones_like(got[0]), la[name], lb[name], *got)
-            yield "cosine_backward", name, _err(grad, want_grad)
-
-
-def _check_attack(dev, dtype):
-    import torch
-
-    from ... import ops
-    from ...ops import reference
-
-    args = (0.05, 0.08, 0.0, 1.0)
-    for shape in SHAPES:
-        x = torch.rand(shape, dtype=torch.float64).to(dtype)
-        d = ((torch.rand(shape, dtype=torch.float64) - 0.5) * 0.2).to(dtype)
-        g = torch.randn(shape, dtype=torch.float64)
-        g[g.abs() < 0.3] = 0  # sign(0) = 0
-        g = g.to(dtype)
-        for project in (True, False):
-            want = reference.attack_step(x, d, g, *args, project)
-            lx, ld, lg = layouts(x.to(dev)), layouts(d.to(dev)), layouts(g.to(dev))
-            for name in lx:
-                got = ops.attack_step(lx[name], ld[name], lg[name], *args, project)
-                yield "attack_step", name, _err(got, want)
-                inplace = ld[name].clone()
-                ptr = inplace.data_ptr()
-                out = ops.attack_step_(lx[name], inplace, lg[name], *args, project)
-                yield "attack_step_", name, (_err(inplace, want) if inplace.data_ptr() == ptr
-                                             and out is inplace else math.inf)
-
-
-def _check_random(dev, dtype):
-    """No reference values to compare (other random streams): the contract instead. In
-    [-radius, radius] (and in the box with the clip), spread over it, reproducible with a
-    seeded generator, shaped like x."""
-    import torch
-
-    from ... import ops
-
-    radius = 0.25
-    x = torch.rand(SHAPES[0], dtype=torch.float64).to(dtype)
-    for name, lx in layouts(x.to(dev)).items():
-        for clip in (False, True):
-            gen = torch.Generator(device=dev)
-            d1 = ops.random_delta(lx, radius, 0.0, 1.0, clip, gen.manual_seed(7))
-            d2 = ops.random_delta(lx, radius, 0.0, 1.0, clip, gen.manual_seed(7))
-            d, xd = d1.double().cpu(), (lx + d1).double().cpu()
-            bad = [d1.shape != lx.shape, d1.dtype != lx.dtype, d1.device != lx.device,
-                   not torch.equal(d1, d2), not bool(torch.isfinite(d).all()),
-                   float(d.abs().max()) > radius * (1 + 1e-6)]
-            if clip:
-                bad.append(bool((xd < -1e-6).any() or (xd > 1 + 1e-6).any()))
-            else:  # spread: 945 uniform draws reach past 0.8 radius on both sides
-                bad += [float(d.max()) < 0.8 * radius, float(d.min()) > -0.8 * radius,
-                        abs(float(d.mean())) > 0.1 * radius]
-            yield "random_delta", f"{name}{', clipped' if clip else ''}", \
-                math.inf if any(bad) else 0.0
-
-
-def _check_relu_affine(dev, dtype):
-    import torch
-
-    from ... import ops
-    from ...ops import reference
-
-    for shape in ((3, 5, 7, 9), (5, 11), (2, 3, 4, 5, 3)):
-        x = torch.randn(shape, dtype=torch.float64).to(dtype)
-        g = torch.randn(shape, dtype=torch.float64).to(dtype)
-        scale = (torch.rand(shape[1], dtype=torch.float64) - 0.3).to(dtype)
-        shift = torch.randn(shape[1], dtype=torch.float64).to(dtype)
-        want = reference.relu_affine_backward(g, x, scale, shift)
-        lx, lg = layouts(x.to(dev)), layouts(g.to(dev))
-        for name in lx:
-            got = ops.relu_affine_backward(lg[name], lx[name], scale.to(dev), shift.to(dev))
-            yield "relu_affine_backward", name, _err(got, want)
+    check.__name__ = op
+    return check
 
 
 def _check_gradalign(dev):
@@ -252,7 +141,7 @@ def _check_gradalign(dev):
     import torch.nn as nn
 
     from ...gradalign import GradAlignLoss
-    from ...testing import authors_reference
+    from ...testing import authors_reference, op_agreement
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -271,8 +160,8 @@ def _check_gradalign(dev):
         r1.backward()
         r2 = authors_reference.gradalign_regularizer(m2, xl, y, eps, lam, noise=noise)
         r2.backward()
-        err = max([_err(r1, r2)] + [_err(p1.grad, p2.grad)
-                                    for p1, p2 in zip(m1.parameters(), m2.parameters())])
+        err = op_agreement.max_error((r1, *(p.grad for p in m1.parameters())),
+                                     (r2, *(p.grad for p in m2.parameters())))
         yield "GradAlignLoss", name, err
 
 
@@ -282,6 +171,8 @@ def self_check(devices) -> list[dict]:
 
     from ... import ops
 
+    from ...testing.op_agreement import TOL
+
     rows = []
     state = torch.random.get_rng_state()
     try:
@@ -289,8 +180,8 @@ def self_check(devices) -> list[dict]:
             for dtype_name in DTYPES:
                 dtype = getattr(torch, dtype_name)
                 torch.manual_seed(0)
-                for check in (_check_cosine, _check_attack, _check_random, _check_relu_affine):
-                    rows += _run(check, dev, dtype, dtype_name, TOL[dtype_name], ops)
+                for op in ops.TENSOR_OPS:
+                    rows += _run(_check_op(op), dev, dtype, dtype_name, TOL[dtype], ops)
             torch.manual_seed(0)
             rows += _run(lambda d, _: _check_gradalign(d), dev, None, "float64",
                          GRADALIGN_TOL, ops)
@@ -303,7 +194,7 @@ def _run(check, dev, dtype, dtype_name, tol, ops) -> list[dict]:
     rows = []
     try:
         for op, layout, err in check(dev, dtype):
-            kernel = ops.has_kernel(op, dev) if op in OPS else None
+            kernel = ops.has_kernel(op, dev) if op in ops.TENSOR_OPS else None
             rows.append({"device": dev, "dtype": dtype_name, "op": op, "layout": layout,
                          "kernel": kernel, "max_err": err, "tol": tol, "ok": err <= tol})
     except Exception as e:  # an op that raises disagrees too
@@ -397,11 +288,11 @@ def run(args) -> int:
         devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
         unknown = [d for d in devices if d not in DEVICE_TYPES]
         if unknown:
-            print(f"info: unknown device type(s) {unknown}; choose from {DEVICE_TYPES}",
-                  file=sys.stderr)
+            print(f"error: unknown device type(s) {unknown} for --device; choose from "
+                  f"{', '.join(DEVICE_TYPES)}", file=sys.stderr)
             return 2
         if "cuda" in devices and not torch.cuda.is_available():
-            print("info: --device cuda but no CUDA GPU is visible", file=sys.stderr)
+            print("error: --device cuda, but no CUDA GPU is visible", file=sys.stderr)
             return 2
         rows = [] if args.no_check else self_check(devices)
     line = summary_line(rows, devices)

@@ -1,9 +1,15 @@
 """Sample inputs of every gradalign_fast op, one list per op (pytorch/extension-cpp's
-`sample_inputs`, torchvision's `generate_opcheck_tests`): the per-op tests, opcheck, gradcheck,
-reference agreement and CPU-vs-CUDA agreement are all parametrised over these lists.
+`sample_inputs`, torchvision's `generate_opcheck_tests`): the one list behind the op tests
+(tests/test_op_contracts.py: opcheck, gradcheck, reference and CPU-vs-CUDA agreement), the
+self-check of `python -m gradalign_fast info` and benchmarks/sanitizer_driver.py, through the
+agreement harness of op_agreement.py. A new op gets an entry in OPS, or
+tests/test_op_contracts.py::test_every_op_has_samples fails.
 
-Import it explicitly (`from op_samples import ...`); conftest does not. A new op gets an entry
-in OPS, or tests/test_op_contracts.py::test_every_op_has_samples fails.
+The samples cover the kernels' code paths: awkward shapes (batch 1, odd sizes, one element,
+empty batches and samples), layouts (channels_last, batch-strided, transposed, sliced, mixed,
+8 merged dims, a data pointer off the 16-byte vector alignment), zero-norm samples, special
+gradient values (+-0, NaN) and, for the cosine, samples large enough to be split over several
+CUDA blocks.
 
 Every sample is built from float64 values drawn on the CPU with a fixed seed, then converted
 to the requested device and dtype and only then given its layout, so that a CUDA sample has the
@@ -17,7 +23,9 @@ from typing import Callable
 
 import torch
 
-from gradalign_fast.ops import reference
+from ..ops import reference
+from ..ops._checks import cosine_acc_dtype
+from .layouts import layouts
 
 LOW = (torch.float16, torch.bfloat16)
 
@@ -31,7 +39,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class OpSpec:
-    """build(device, dtype) -> [Sample]; reference(*args) -> the expected result(s).
+    """build(device, dtype) -> [Sample]; reference(*args) -> the expected result(s)
+    (reference.<op>, with the op's schema).
 
     grad_args: the args gradcheck differentiates (float64); () for an op without autograd.
     mutates: index of the arg an in-place op writes (its result is that arg).
@@ -46,7 +55,13 @@ class OpSpec:
 
 
 # --------------------------------------------------------------------------- layouts
-from gradalign_fast.testing.layouts import layouts  # noqa: E402,F401  (re-exported)
+def _misaligned(t: torch.Tensor) -> torch.Tensor:
+    """t's values at a data pointer one element past the allocation's start (off the 16-byte
+    alignment of the CUDA kernels' vector loads)."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].view(t.shape)
+    out.copy_(t)
+    return out
 
 
 def _reversed_dims(t: torch.Tensor) -> torch.Tensor:
@@ -76,8 +91,10 @@ def _cosine_logical() -> list[tuple[str, torch.Tensor, torch.Tensor, str, bool]]
     a special case handled by _cosine_layout."""
     out = []
     for name, shape in [("batch1", (1, 3, 5, 5)), ("odd", (7, 3, 5, 5)), ("flat", (5, 17)),
-                        ("one_element", (3, 1)), ("large", (2, 3, 32, 32))]:
+                        ("one_element", (3, 1)), ("large", (2, 3, 32, 32)),
+                        ("split", (2, 3, 64, 64)), ("split_batch1", (1, 3, 224, 224))]:
         out.append((name, *_cosine_pair(shape), "contiguous", True))
+    out.append(("misaligned", *_cosine_pair((3, 3, 5, 7), seed=12), "misaligned", True))
     a, b = _cosine_pair((4, 2, 3, 7), seed=2)
     for lay in ("channels_last", "batch_strided", "transposed", "sliced"):
         out.append((lay, a, b, lay, True))
@@ -106,6 +123,8 @@ def _cosine_layout(a: torch.Tensor, b: torch.Tensor, lay: str):
         return a[:, 1:, :, ::3], b.transpose(2, 3).contiguous().transpose(2, 3)[:, 1:, :, ::3]
     if lay == "eight_dims":
         return a, _reversed_dims(b)
+    if lay == "misaligned":
+        return _misaligned(a), _misaligned(b)
     return layouts(a)[lay], layouts(b)[lay]
 
 
@@ -119,7 +138,7 @@ def cosine_backward_samples(device="cpu", dtype=torch.float64) -> list[Sample]:
     """(grad_cos, a, b, cos, norm_a, norm_b) for every cosine sample, the [B] vectors from the
     float64 reference of the (rounded) inputs in the accumulation dtype; plus a half grad_cos
     (converted by the op)."""
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = cosine_acc_dtype(dtype)
     out = []
     for s in cosine_samples(device, dtype):
         a, b = s.args
@@ -156,7 +175,7 @@ def _attack_logical(shape, seed=0):
     return x, delta, grad
 
 
-def _attack_samples(device, dtype, copy_delta: bool) -> list[Sample]:
+def _attack_samples(device, dtype, inplace: bool) -> list[Sample]:
     def put(ts, lay="contiguous"):
         return [layouts(_put(t, device, dtype))[lay] for t in ts]
 
@@ -172,19 +191,24 @@ def _attack_samples(device, dtype, copy_delta: bool) -> list[Sample]:
     out.append(("mixed", [put([x], "channels_last")[0], put([d], "transposed")[0],
                           put([g], "batch_strided")[0]], ATTACK_CASES["pgd"]))
     out.append(("large", put(_attack_logical((2, 3, 32, 32), seed=3)), ATTACK_CASES["fgsm"]))
+    out.append(("misaligned", [_misaligned(t) for t in put(_attack_logical((3, 17), seed=4))],
+                ATTACK_CASES["pgd"]))
     for name, shape in [("empty_batch", (0, 3)), ("empty_samples", (2, 0, 4))]:
         out.append((name, put(_attack_logical(shape)), ATTACK_CASES["pgd"]))
-    return [Sample(name, (x, d.clone() if copy_delta else d, g, *case), smooth=False)
-            for name, (x, d, g), case in out]
+    if inplace:  # attack_step_'s schema: the mutated delta (a fresh tensor) first
+        return [Sample(name, (d.clone(), x, g, *case), smooth=False)
+                for name, (x, d, g), case in out]
+    return [Sample(name, (x, d, g, *case), smooth=False) for name, (x, d, g), case in out]
 
 
 def attack_step_samples(device="cpu", dtype=torch.float64) -> list[Sample]:
-    return _attack_samples(device, dtype, copy_delta=False)
+    return _attack_samples(device, dtype, inplace=False)
 
 
 def attack_step_inplace_samples(device="cpu", dtype=torch.float64) -> list[Sample]:
-    """As attack_step's, with delta a fresh tensor of its layout (the op writes it)."""
-    return _attack_samples(device, dtype, copy_delta=True)
+    """(delta, x, grad, ...): attack_step's samples, delta first and a fresh tensor of its
+    layout (the op writes it)."""
+    return _attack_samples(device, dtype, inplace=True)
 
 
 def random_delta_samples(device="cpu", dtype=torch.float64) -> list[Sample]:
@@ -198,10 +222,16 @@ def random_delta_samples(device="cpu", dtype=torch.float64) -> list[Sample]:
                                       ("odd", (7, 3, 5, 5), 0.1, True), ("flat", (5, 17), 0.5,
                                                                          False),
                                       ("radius0", (3, 4), 0.0, True),
-                                      ("empty_batch", (0, 3), 0.1, True)]:
+                                      ("empty_batch", (0, 3), 0.1, True),
+                                      # sizes ending inside a 4-value draw and past a tile
+                                      ("one", (1,), 0.2, False), ("five", (5,), 0.2, True),
+                                      ("tile_plus_one", (4097,), 0.2, False)]:
         t = _put(torch.rand(shape, generator=torch.Generator().manual_seed(1),
                             dtype=torch.float64), device, dtype)
         out.append(Sample(name, (t, radius, 0.0, 1.0, clip), smooth=False))
+    t = _misaligned(_put(torch.rand((3, 17), generator=torch.Generator().manual_seed(2),
+                                    dtype=torch.float64), device, dtype))
+    out.append(Sample("misaligned", (t, 0.3, 0.0, 1.0, True), smooth=False))
     return out
 
 
@@ -231,6 +261,8 @@ def relu_affine_backward_samples(device="cpu", dtype=torch.float64) -> list[Samp
     logical = _relu_affine_logical((4, 6, 5, 5), seed=1)
     for lay in ("channels_last", "batch_strided", "transposed", "sliced"):
         out.append(Sample(lay, put(logical, lay)))
+    grad, x, scale, shift = put(_relu_affine_logical((3, 5, 7), seed=2))
+    out.append(Sample("misaligned", (_misaligned(grad), _misaligned(x), scale, shift)))
     out.append(Sample("empty_batch", put(_relu_affine_logical((0, 3, 4, 4)))))
     return out
 
@@ -239,7 +271,7 @@ OPS: dict[str, OpSpec] = {
     "cosine": OpSpec(cosine_samples, reference.cosine, grad_args=(0, 1)),
     "cosine_backward": OpSpec(cosine_backward_samples, reference.cosine_backward),
     "attack_step": OpSpec(attack_step_samples, reference.attack_step),
-    "attack_step_": OpSpec(attack_step_inplace_samples, reference.attack_step, mutates=1),
+    "attack_step_": OpSpec(attack_step_inplace_samples, reference.attack_step_, mutates=0),
     "random_delta": OpSpec(random_delta_samples, reference.random_delta, random=True),
     "relu_affine_backward": OpSpec(relu_affine_backward_samples, reference.relu_affine_backward,
                                    grad_args=(0,)),
