@@ -5,6 +5,7 @@ import datetime
 import json
 import os
 
+from ...benchmarking import epoch_time
 from ..step_bench import BASELINE_FILE, QUICK, STEPS
 
 EXAMPLES = """examples:
@@ -48,6 +49,7 @@ def add_arguments(parser) -> None:
                              "benchmarks/results/<device>_<date>.json")
     parser.add_argument("--plot", nargs="?", const="auto", default=None,
                         help="PNG of the ratio to FGSM vs batch size (no value: next to --out)")
+    epoch_time.add_arguments(parser)
 
 
 def _options(args, torch) -> dict:
@@ -113,6 +115,8 @@ def run(args) -> int:
 
     from .. import step_bench
 
+    if args.epoch:
+        return epoch_time.run(args, RESULTS_DIR)
     opts = _options(args, torch)
     rows = step_bench.run_bench(**opts)
     meta = step_bench.metadata(opts["device"], opts["amp_dtype"], opts["channels_last"],

@@ -1,0 +1,1 @@
+"""Benchmark tooling: step and epoch timing, the double-backprop profiler."""
