@@ -2,8 +2,9 @@
 a recipe asks for it, by a Normalize layer in front of the model.
 
 `preact_resnet18` and `cnn` are the authors' (tml-epfl/understanding-fast-adv-training,
-`models.py`); `preact_resnet18_std` is the common Rice et al. / kuangliu form; `mnist_cnn` is
-Wong et al.'s MNIST CNN. `init="authors"` applies the authors' initialisation (`authors_init`).
+`models.py`); `preact_resnet18_std` is the common Rice et al. / kuangliu form; `_narrow`: 16
+channels in the first stage instead of 64 (CPU benchmarks and studies); `mnist_cnn` is Wong et
+al.'s MNIST CNN. `init="authors"` applies the authors' initialisation (`authors_init`).
 """
 from __future__ import annotations
 
@@ -126,6 +127,9 @@ MODELS = {
         num_classes, in_channels, authors=False),
     "preact_resnet18_narrow": lambda num_classes, in_channels, image_size: PreActResNet18(
         num_classes, in_channels, width=16),
+    # the narrow network of the committed studies made before the authors' form (issue 22)
+    "preact_resnet18_std_narrow": lambda num_classes, in_channels, image_size: PreActResNet18(
+        num_classes, in_channels, width=16, authors=False),
     "resnet50": lambda num_classes, in_channels, image_size: resnet50(num_classes, in_channels),
 }
 
