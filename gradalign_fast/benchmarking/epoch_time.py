@@ -6,7 +6,7 @@ batch 128) through the trainer's pieces: the data loader (CIFAR-10 with its augm
 --data-dir, or CIFAR-10-shaped synthetic uint8 images through the same dataset class and loader,
 labelled so), the attack, the regulariser and the optimizer step. A fixed number of iterations
 is timed per method (blocks of `iters` iterations after `warmup` untimed ones, the device
-synchronised at each block's end) and extrapolated to an epoch of 50,000 images and to 30
+synchronised around each block; the methods' blocks interleaved) and extrapolated to an epoch of 50,000 images and to 30
 epochs: the table says so. FGSM+GradAlign "authors'" is their formulation in plain PyTorch
 (gradalign_fast.testing.authors_reference: FGSM from zero and their regulariser, one backward of
 loss + regulariser).
@@ -18,6 +18,7 @@ import datetime
 import json
 import math
 import os
+import random
 import statistics
 import time
 
@@ -42,6 +43,7 @@ METHODS = {
     "ga_every8": ("  exact, every=8", None),
     "nfgsm": ("N-FGSM", None),
 }
+GRADALIGN = ("gradalign_authors", "gradalign", "ga_every8")  # trained with GradAlign's lr
 # The CPU dry run: a few iterations of a narrow network, only to check that the table is built
 # from real timings (the numbers say nothing about a GPU).
 DRY_RUN = dict(model="preact_resnet18_narrow", batch_size=4, iters=8, blocks=2, warmup=1)
@@ -91,38 +93,41 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_method(name: str, dataset, device, model_name: str, batch_size: int, iters: int,
-                blocks: int, warmup: int, amp_dtype=None, seed: int = 0) -> list[float]:
-    """Seconds per iteration of METHODS[name], one value per block of `iters` iterations (data
-    loading, host-to-device copy, attack, regulariser, optimizer step)."""
-    r = recipe.recipe_for(RECIPE, "gradalign" if name.startswith("ga") else name)
-    torch.manual_seed(seed)
-    model = checkpoint.model_from_config({"dataset": "cifar10", "model": model_name,
-                                          "recipe": RECIPE}).to(device)
-    opt = optim.build_optimizer(r.optimizer, model.parameters(), r.momentum, r.wd)
-    lam = recipe.lambda_for_eps(r.eps * 255, r.lam_table)
-    step = make_step(name, r.eps, lam, amp_dtype)
-    loader = make_loader(dataset, batch_size, shuffle=True,
-                         generator=torch.Generator().manual_seed(seed),
-                         pin_memory=device.type == "cuda")
-    steps_per_epoch = math.ceil(CIFAR10_TRAIN / batch_size)
-    batches, it, times = _batches(loader), 0, []
-    for block in range(-1, blocks):  # block -1: the untimed warm-up
-        n = warmup if block < 0 else iters
-        _sync(device)
+class _Training:
+    """One method's training on the recipe: model, optimizer, step, data, iteration count."""
+
+    def __init__(self, name, dataset, device, model_name, batch_size, amp_dtype, seed):
+        self.r = recipe.recipe_for(RECIPE, "gradalign" if name in GRADALIGN else name)
+        torch.manual_seed(seed)
+        self.model = checkpoint.model_from_config({"dataset": "cifar10", "model": model_name,
+                                                   "recipe": RECIPE}).to(device)
+        self.opt = optim.build_optimizer(self.r.optimizer, self.model.parameters(),
+                                         self.r.momentum, self.r.wd)
+        lam = recipe.lambda_for_eps(self.r.eps * 255, self.r.lam_table)
+        self.step = make_step(name, self.r.eps, lam, amp_dtype)
+        loader = make_loader(dataset, batch_size, shuffle=True,
+                             generator=torch.Generator().manual_seed(seed),
+                             pin_memory=device.type == "cuda")
+        self.batches, self.device, self.it = _batches(loader), device, 0
+        self.steps_per_epoch = math.ceil(CIFAR10_TRAIN / batch_size)
+
+    def run(self, n: int) -> float:
+        """Seconds of n iterations (data loading, host-to-device copy, attack, regulariser,
+        optimizer step), the device synchronised before and after."""
+        _sync(self.device)
         t0 = time.perf_counter()
         for _ in range(n):
-            x, y = next(batches)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            for group in opt.param_groups:
-                group["lr"] = recipe.lr_at(it, steps_per_epoch, r.epochs, r.lr_max,
-                                           r.lr_schedule)
-            step(model, opt, x, y)
-            it += 1
-        _sync(device)
-        if block >= 0:
-            times.append((time.perf_counter() - t0) / n)
-    return times
+            x, y = next(self.batches)
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            lr = recipe.lr_at(self.it, self.steps_per_epoch, self.r.epochs, self.r.lr_max,
+                              self.r.lr_schedule)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            self.step(self.model, self.opt, x, y)
+            self.it += 1
+        _sync(self.device)
+        return time.perf_counter() - t0
 
 
 def run_epoch_bench(device="cpu", data_dir=None, model=None, batch_size=None, iters=16,
@@ -153,10 +158,19 @@ def run_epoch_bench(device="cpu", data_dir=None, model=None, batch_size=None, it
         dataset = load_dataset("cifar10", data_dir, train=True)
         data = f"CIFAR-10 from {data_dir} (random crop + flip, the recipe's)"
     steps_per_epoch = math.ceil(CIFAR10_TRAIN / batch_size)
+    runs = {name: _Training(name, dataset, device, model, batch_size, amp_dtype, seed)
+            for name in names}
+    for t in runs.values():
+        t.run(warmup)  # untimed
+    times = {name: [] for name in names}
+    order, shuffle = list(names), random.Random(seed).shuffle
+    for _ in range(blocks):  # round-robin: a noisy machine slows every method alike
+        shuffle(order)
+        for name in order:
+            times[name].append(runs[name].run(iters) / iters)
     rows = []
     for name in names:
-        t = time_method(name, dataset, device, model, batch_size, iters, blocks, warmup,
-                        amp_dtype, seed)
+        t = times[name]
         minutes = [s * steps_per_epoch * EPOCHS / 60 for s in t]
         rows.append({"method": name, "text": METHODS[name][0], "s_per_iter": t,
                      "min_30ep": statistics.median(minutes), "min_30ep_lo": min(minutes),
