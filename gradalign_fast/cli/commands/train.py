@@ -53,7 +53,8 @@ def add_arguments(parser) -> None:
       help="training recipe (docs/recipes.md); None: the dataset's ("
            + ", ".join(f"{d}: {r}" for d, r in DEFAULT_RECIPES.items()) + ")")
     a("--model", default=None,
-      help="None: the dataset's (mnist_cnn, preact_resnet18, resnet50)")
+      help="None: the recipe's (mnist_cnn, preact_resnet18, resnet50); also cnn (the "
+           "authors' one-layer CNN), preact_resnet18_std (Rice et al.'s form)")
     add_eps_arguments(parser, "the dataset's (8/255; 0.3 for MNIST)")
     a("--lam", type=float, default=None,
       help="regulariser weight; None: GradAlign the paper's lambda for --eps, LLR 4; CURE "
