@@ -27,9 +27,14 @@
 #                   channels_last; CUDA-graph capture vs eager
 #   epoch       30  benchmarks/gpu_steps.py epoch: FGSM and GradAlign over 10,000 synthetic
 #                   CIFAR-shaped images (fp32, bf16) -> seconds per 50,000-image epoch
+#   epoch_time  25  python -m gradalign_fast bench --epoch: the authors' CIFAR-10 recipe
+#                   (PreActResNet-18, batch 128, synthetic CIFAR-shaped data) for FGSM, the
+#                   authors' and the exact GradAlign, every=8, N-FGSM: 3 blocks of 16 timed
+#                   iterations each, extrapolated to minutes per 30 epochs beside the authors'
+#                   V100 figures (--dry-run: bench --epoch --dry-run)
 #   test_graphs 20  pytest -m cuda, the CUDA-graph tests (CapturedStep, random_delta in a graph)
 #   ------------
-#   budget     450  (GPU_CHECK_BUDGET; bundling adds a few seconds: <= 8 min in all)
+#   budget     475  (GPU_CHECK_BUDGET; bundling adds a few seconds: <= 8 min in all)
 #
 # OUTDIR gets at most 4 files (the device tool brings back 8): summary.md (device, stages,
 # key numbers), results.json (stage status and times, device, info, benchmark results),
@@ -44,7 +49,7 @@ mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_BUDGET:-450}
+BUDGET=${GPU_CHECK_BUDGET:-475}
 # --dry-run: caps and budget x4 (a shared CPU machine, not an H200)
 SCALE=${GPU_CHECK_CAP_SCALE:-$((DRY ? 4 : 1))}
 BUDGET=$((BUDGET * SCALE))
@@ -151,6 +156,10 @@ stage bench_ops 30 "$PY" benchmarks/bench_ops_bandwidth.py --device "$DEV" ${QUI
   --out "$WORK/bench_ops.json"
 stage steps 50 "$PY" benchmarks/gpu_steps.py steps --device "$DEV" $QUICK --out "$WORK/steps.json"
 stage epoch 30 "$PY" benchmarks/gpu_steps.py epoch --device "$DEV" --out "$WORK/epoch.json"
+EPOCH_ARGS=(--iters 16 --blocks 3 --warmup 2)
+if ((DRY)); then EPOCH_ARGS=(--dry-run); fi
+stage epoch_time 25 "$PY" -m gradalign_fast bench --epoch --device "$DEV" "${EPOCH_ARGS[@]}" \
+  --out "$WORK/epoch_time.json"
 stage test_graphs 20 "$PY" -m pytest -q -p no:cacheprovider tests -m cuda -k "$GRAPH_TESTS" \
   -rs --junitxml "$WORK/test_graphs.xml"
 
@@ -180,7 +189,7 @@ for line in open(os.path.join(work, "stages.tsv")):
 res = {"device": device, "dry_run": dry == "1", "total_s": int(total), "budget_s": int(budget),
        "failed_stages": int(failed), "stages": stages, "info": load("info.json"),
        "bench_ops": load("bench_ops.json"), "steps": load("steps.json"),
-       "epoch": load("epoch.json")}
+       "epoch": load("epoch.json"), "epoch_time": load("epoch_time.json")}
 with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(res, f, indent=1, default=str)
 
@@ -216,6 +225,21 @@ if ep:
     md += table(["method", "amp", "ms/step", "s per 50k epoch"],
                 [[r["method"], r["amp"], r["ms_per_step"], r["cifar10_epoch_s"]]
                  for r in ep["runs"]])
+et = res["epoch_time"]
+if et:
+    m = et["meta"]
+    md += ["", f"**epoch_time** (the authors' CIFAR-10 recipe, {m['model']}, batch "
+           f"{m['batch_size']}; {m['data']}; {m['blocks']} blocks of {m['iters']} iterations "
+           f"per method, extrapolated to {m['steps_per_epoch']} iterations x {m['epochs']} "
+           "epochs: minutes per 30 epochs, median [min, max] over the blocks)", ""]
+    md += table(["method", "min / 30 epochs", "[min, max]", "x FGSM", "authors V100 min",
+                 "authors x FGSM"],
+                [[r["text"].strip(), f"{r['min_30ep']:.3g}",
+                  f"[{r['min_30ep_lo']:.3g}, {r['min_30ep_hi']:.3g}]",
+                  f"{r['x_fgsm']:.2f}" if r["x_fgsm"] is not None else "-",
+                  r["authors_v100_min"] or "-",
+                  f"{r['authors_x_fgsm']:.2f}" if r["authors_x_fgsm"] else "-"]
+                 for r in et["rows"]])
 bo = res["bench_ops"]
 if bo and bo.get("rows"):
     md += ["", "**op bandwidth** (bytes the op must move / GPU time; x ref: time over the "

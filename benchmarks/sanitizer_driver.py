@@ -20,15 +20,13 @@ layout, 2-D to 5-D, empty. Each result is checked against the float64 reference
 that silently does nothing is noticed too.
 """
 import argparse
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import gradalign_fast as gf  # noqa: E402
-from gradalign_fast.testing import op_agreement  # noqa: E402
-from gradalign_fast.testing.op_samples import OPS, sample_ids  # noqa: E402
+import gradalign_fast as gf
+from gradalign_fast.testing import op_agreement
+from gradalign_fast.testing.op_samples import OPS, sample_ids
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}

@@ -17,7 +17,7 @@ run_pass() {  # $1: output folder; the rest: methods in the order to train them
   local out=$1; shift
   local args=()
   for m in "$@"; do args+=(--method "$m"); done
-  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m gradalign_fast sweep --dataset mnist \
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m gradalign_fast sweep --dataset mnist --recipe mnist_sgd_ramp \
     --data-dir "${MNIST_DIR:-../shared/data}" --n-train 10000 --epochs 8 --eps-warmup-epochs 4 \
     --eps 76.5 --seeds 0 --n-eval 100 --eval-attacks clean --monitor-every 0 --no-plots \
     --out "$out" "${args[@]}"

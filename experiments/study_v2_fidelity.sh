@@ -6,7 +6,7 @@ set -euo pipefail
 # FGSM overfits catastrophically around iteration 360 in this cell (study v1).
 cd "$(dirname "$0")/.."
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m gradalign_fast fidelity --run "${OUT:-runs/study_v2}/fid_traj" \
-  --dataset mnist --data-dir "${MNIST_DIR:-../shared/data}" --n-train 10000 --epochs 8 \
+  --dataset mnist --recipe mnist_sgd_ramp --data-dir "${MNIST_DIR:-../shared/data}" --n-train 10000 --epochs 8 \
   --eps-warmup-epochs 4 --eps 76.5 --lam 2 --snapshot-every 50 --eval-attacks clean,pgd-50-10 \
   --n-eval 500 --monitor-every 0 --draws 16 --ref-draws 32 --batch 128 --co-iteration 360 \
   --mode gradalign:fraction=0.2 --mode gradalign:fraction=0.25 --mode gradalign:every=4 \

@@ -8,7 +8,7 @@ OUT="${OUT:-runs/study_v2}"
 P="--precision bf16 --precision bf16-reg-fp32 --precision bf16-bn-fp32 --precision fp16"
 OMP_NUM_THREADS=1 python -m gradalign_fast fidelity --run "$OUT/fid_traj" $P --draws 4 \
   --batch 128 --out "$OUT/fid_traj/precision"
-OMP_NUM_THREADS=1 python -m gradalign_fast fidelity --run "$OUT/prec_bn_traj" --dataset mnist \
-  --data-dir "${MNIST_DIR:-../shared/data}" --model preact_resnet18_narrow --n-train 1280 \
+OMP_NUM_THREADS=1 python -m gradalign_fast fidelity --run "$OUT/prec_bn_traj" --dataset mnist --recipe mnist_sgd_ramp \
+  --data-dir "${MNIST_DIR:-../shared/data}" --model preact_resnet18_std_narrow --n-train 1280 \
   --batch-size 128 --epochs 2 --eps 76.5 --eps-warmup-epochs 1 --lam 2 --snapshot-every 5 \
   --eval-attacks clean --n-eval 100 $P --draws 3 --batch 64 --out "$OUT/prec_bn_traj/precision"

@@ -105,7 +105,8 @@ class GradAlignLoss(nn.Module):
     the mean (the regulariser is 0 when none is left; a NaN gradient makes it NaN, never
     dropped: gradalign_fast.alignment defines the valid samples once, for the regulariser,
     the CO monitor and gradient_alignment). Runs the model in whatever mode it is in
-    (train-mode BatchNorm sees the extra forward, as in the authors' code).
+    (train-mode BatchNorm sees the extra forward, as in the authors' code; train-mode Dropout
+    draws new masks for it, so the two gradients see different masks, as there too).
 
     For a model with a train-mode BatchNorm the double backward runs through cheaper exact
     second derivatives of Conv2d, BatchNorm and ReLU (gradalign_fast.double_backward; same

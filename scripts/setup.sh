@@ -79,8 +79,14 @@ fi
 
 # ------------------------------------------------------------------ the compiled ops
 if [[ -z ${CUDA_HOME:-} && -n $CUDA_DIR ]]; then export CUDA_HOME=$CUDA_DIR; fi
-# In place, objects in build/temp-*: ninja recompiles only what changed.
-"$PY" setup.py -q build_ext --inplace
+# In place, objects in build/temp-*: ninja recompiles only what changed. The compiler's output
+# goes to build/build.log (shown only when the build fails).
+if ! "$PY" setup.py -q build_ext --inplace > build/build.log 2>&1; then
+  tail -n 60 build/build.log
+  echo "set-up: the build of the compiled ops failed; the full log is build/build.log" >&2
+  exit 1
+fi
+grep -F '[gradalign_fast]' build/build.log | sed 's/^\[gradalign_fast\] /set-up: /' || true
 # The editable install (imports from anywhere, the gradalign-fast command) only when it is
 # missing or the project's metadata changed; its build step finds the objects up to date.
 STAMP="$("$PY" -c 'import sys; print(sys.executable)') $(cat pyproject.toml setup.py gradalign_fast/_version.py | cksum)"

@@ -12,26 +12,16 @@ from gradalign_fast.testing import authors_reference as ga_reference
 from gradalign_fast.testing import elle_reference as reference
 from gradalign_fast.training.methods import (AdaptiveLambda, RunningMoments, elle_error,
                                              make_method, train_step)
-from test_trainer import one_thread  # noqa: F401 (autouse: one CPU thread per test)
+from helpers import batch, softplus_cnn
 
 EPS = 0.1
 
 
-def _model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Softplus(), nn.Flatten(),
-                         nn.Linear(4 * 6 * 6, 5)).double()
-
-
-def _batch(seed=1, n=8):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, 1, 6, 6, generator=g, dtype=torch.float64),
-            torch.randint(0, 5, (n,), generator=g))
 
 
 # ---------------------------------------------------------------- ELLE
 def test_elle_error_and_its_gradient_equal_the_authors_formula_with_the_same_noise():
-    model, (x, y) = _model(), _batch()
+    model, (x, y) = softplus_cnn(), batch()
     torch.manual_seed(3)
     err = elle_error(model, x, y, EPS)
     torch.manual_seed(3)
@@ -44,16 +34,16 @@ def test_elle_error_and_its_gradient_equal_the_authors_formula_with_the_same_noi
 
 
 def test_elle_error_is_zero_where_the_loss_is_constant_in_the_input():
-    x, y = _batch()
+    x, y = batch()
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 5)).double()
     with torch.no_grad():
         model[1].weight.zero_()  # logits independent of x: l(x_a) = l(x_b) = l(x_c)
     assert elle_error(model, x, y, EPS).item() == pytest.approx(0, abs=1e-15)
-    assert elle_error(_model(), x, y, EPS).item() > 0
+    assert elle_error(softplus_cnn(), x, y, EPS).item() > 0
 
 
 def test_elle_step_equals_the_authors_loss_and_gradient():
-    model, (x, y) = _model(), _batch()
+    model, (x, y) = softplus_cnn(), batch()
     before = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)  # so the update is minus the gradient
     torch.manual_seed(9)
@@ -95,13 +85,13 @@ def test_adaptive_lambda_follows_the_authors_onoff_schedule():
 def _elle_a_runs(steps, k, lam, seed=0):
     """ELLE-A by train_step and by the literal reference, from the same model, batches and
     noise; yields (ours, reference, method, schedule) after each step."""
-    model = _model()
+    model = softplus_cnn()
     ref_model = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.05)
     method, sched = make_method("elle_a", EPS, lam=lam, k=k), reference.OnOffSchedule(lam, 0.99, k)
     for t in range(steps):
-        x, y = _batch(seed=100 + t)
+        x, y = batch(seed=100 + t)
         torch.manual_seed(seed + t)
         train_step(method, model, opt, x, y)
         torch.manual_seed(seed + t)
@@ -125,11 +115,11 @@ def test_elle_a_training_equals_the_authors_schedule_step_by_step():
 
 def test_elle_a_state_round_trips_and_resumes_bitwise():
     def run(steps, method=None, model=None):
-        model = model or _model()
+        model = model or softplus_cnn()
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         method = method or make_method("elle_a", EPS, lam=20.0, k=0.5)
         for t in steps:
-            x, y = _batch(seed=100 + t)
+            x, y = batch(seed=100 + t)
             torch.manual_seed(t)
             train_step(method, model, opt, x, y)
         return model, method
@@ -148,11 +138,11 @@ def test_elle_a_state_round_trips_and_resumes_bitwise():
 
 def test_elle_a_logs_lambda_error_and_the_share_of_weighted_steps():
     method = make_method("elle_a", EPS, lam=20.0, k=0.0)  # fires whenever above the mean
-    model = _model()
+    model = softplus_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     lams = []
     for t in range(8):
-        x, y = _batch(seed=100 + t)
+        x, y = batch(seed=100 + t)
         lams.append(method.lam_now)
         train_step(method, model, opt, x, y)
     row = method.pop_log()
@@ -164,7 +154,7 @@ def test_elle_a_logs_lambda_error_and_the_share_of_weighted_steps():
 
 # ---------------------------------------------------------------- adaptive GradAlign
 def test_probe_equals_the_cosine_by_plain_autograd():
-    model, (x, y) = _model(), _batch(n=12)
+    model, (x, y) = softplus_cnn(), batch(n=12)
     method = make_method("gradalign_adaptive", EPS, lam=1.0, probe_size=5)
     _, grad_clean = ga_reference.fgsm(model, x, y, EPS)
     torch.manual_seed(4)
@@ -191,7 +181,7 @@ def test_probe_equals_the_cosine_by_plain_autograd():
      [2, 2, 0, 0, 2, 2]),
 ])
 def test_the_regulariser_is_on_exactly_when_the_rule_says(monkeypatch, options, probes, lams):
-    model, (x, y) = _model(), _batch()
+    model, (x, y) = softplus_cnn(), batch()
     method = make_method("gradalign_adaptive", EPS, lam=2.0, **options)
     seq = iter(probes)
     monkeypatch.setattr(method, "probe", lambda *a: torch.tensor(next(seq)))
@@ -214,13 +204,13 @@ def test_the_regulariser_is_on_exactly_when_the_rule_says(monkeypatch, options, 
 
 def test_adaptive_state_round_trips_and_resumes_bitwise():
     def run(steps, method=None, model=None):
-        model = model or _model()
+        model = model or softplus_cnn()
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
         method = method or make_method("gradalign_adaptive", EPS, lam=2.0, k=0.0, decay=0.5,
                                        period=2, probe_size=4)
         on = []
         for t in steps:
-            x, y = _batch(seed=100 + t)
+            x, y = batch(seed=100 + t)
             torch.manual_seed(t)
             train_step(method, model, opt, x, y)
             on.append(method.lam_now > 0)

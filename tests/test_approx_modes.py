@@ -135,12 +135,22 @@ def test_linearity_mode_per_sample_gradient_scale():
     assert reg.item() < 1e-12
 
 
-def test_combined_options_run_and_backward():
+def test_combined_options_regularise_where_they_should():
+    """fraction=0.5 with every=2: call 0 regularises half the batch (lambda x 2, a gradient
+    reaching every parameter), call 1 is a constant 0; linearity with fraction=0.25 is a
+    nonnegative penalty with a parameter gradient."""
     model, x, y, noise, grad = _model_and_batch()
-    for opts in ({"fraction": 0.5, "every": 2}, {"mode": "linearity", "fraction": 0.25}):
-        reg = GradAlignLoss(0.3, 0.7, **opts)(model, x, y, grad_clean=grad)
-        reg.backward()
-        assert torch.isfinite(reg)
+    reg_fn = GradAlignLoss(0.3, 0.7, fraction=0.5, every=2)
+    first = reg_fn(model, x, y, grad_clean=grad)
+    first.backward()
+    assert 0 < first.item() <= 2 * 0.7 * 2 and int(reg_fn.last_valid) == (len(x) + 1) // 2
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    second = reg_fn(model, x, y, grad_clean=grad)
+    assert second.item() == 0.0 and not second.requires_grad
+    model.zero_grad()
+    lin = GradAlignLoss(0.3, 0.7, mode="linearity", fraction=0.25)(model, x, y, grad_clean=grad)
+    lin.backward()
+    assert lin.item() >= 0 and any(p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 @pytest.mark.parametrize("opts, match", [

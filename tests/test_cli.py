@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from gradalign_fast.cli import main
-from test_trainer import one_thread  # noqa: F401 (autouse: one CPU thread per test)
 
 FAST = ["--epochs", "1", "--batch-size", "64", "--n-eval", "64", "--eval-attacks",
         "clean,pgd-3-1", "--monitor-every", "2", "--no-progress"]
@@ -137,7 +136,7 @@ def test_train_prints_the_directory_first_and_a_line_per_epoch(tmp_path, capsys)
 def test_short_run_scales_the_recipe_warmup_and_reports_the_eps_trained(tmp_path, capsys):
     assert _train(tmp_path, "--method", "fgsm") == 0  # 1 epoch; the recipe ramps over 4
     captured = capsys.readouterr()
-    assert "warning: the mnist_subset recipe's eps warm-up (4 epochs of 10)" in captured.err
+    assert "warning: the mnist_sgd_ramp recipe's eps warm-up (4 epochs of 10)" in captured.err
     assert "(trained up to 76.5/255)" in captured.out
     final = json.loads((tmp_path / "final.json").read_text())
     assert final["eps_max_trained_255"] == pytest.approx(76.5)

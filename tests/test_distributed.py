@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from gradalign_fast import GradAlignLoss, attacks
 from gradalign_fast.training import distributed
 from gradalign_fast.training.methods import make_method, train_step
-from test_methods import _model  # the small float64 conv net
+from helpers import softplus_cnn as _model  # the small float64 conv net
 
 EPS, LAM, STEPS, BATCH = 0.1, 1.0, 3, 8
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

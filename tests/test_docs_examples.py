@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 
 from gradalign_fast.cli import COMMANDS, main, make_parser
-from test_trainer import one_thread  # noqa: F401 (autouse: one CPU thread per test)
 
 ROOT = Path(__file__).resolve().parent.parent
 # train first: the other commands' examples read its run directories
@@ -58,16 +57,55 @@ def test_every_help_example_runs(tmp_path, monkeypatch, capsys):
             ran += 1
     assert ran >= len(ORDER)
     assert "WARNING" not in capsys.readouterr().err
+    # demo's example trains: its three methods end with different weights
+    from gradalign_fast.training.checkpoint import read
+
+    demo = tmp_path / "runs" / "example_demo"
+    w = [read(demo / m / "checkpoint.pt")["model"] for m in ("fgsm", "fgsm_rs", "gradalign")]
+    for a, b in ((w[0], w[1]), (w[0], w[2]), (w[1], w[2])):
+        assert not all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_the_readme_api_example_runs():
-    code = _python_block(ROOT / "README.md", "## API")
+def test_the_readme_example_is_on_its_first_screen_and_runs():
+    head = "\n".join((ROOT / "README.md").read_text().splitlines()[:60])
+    assert "```python" in head and "never run on a GPU" in head
+    code = _python_block(ROOT / "README.md", "## Install and run")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
     scope = {"model": model, "x": torch.rand(8, 1, 28, 28), "y": torch.randint(0, 10, (8,))}
     exec(compile(code, "README.md", "exec"), scope)
     assert all(p.grad is not None for p in model.parameters())
     assert -1 <= float(scope["reg_fn"].last_cos) <= 1
+
+
+def test_the_readme_own_model_example_runs_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(_python_block(ROOT / "README.md", "## Your own model and data"), "README.md",
+                 "exec"), scope)
+    final = scope["final"]
+    assert final["epochs_done"] == 2 and final["dataset"] == "user data"
+    assert final["model"].startswith("user:")
+    assert (tmp_path / "runs" / "my_model" / "checkpoint.pt").exists()
+    from gradalign_fast.training import load_checkpoint
+
+    model = load_checkpoint(tmp_path / "runs" / "my_model" / "checkpoint.pt",
+                            model=nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(),
+                                                nn.Linear(128, 10)))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 scope["model"].state_dict().values()))
+
+
+def test_the_readme_monitoring_example_runs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    data = [(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))) for _ in range(3)]
+    scope = {"model": model, "loader": data, "x_held_out": torch.rand(16, 1, 28, 28),
+             "y_held_out": torch.randint(0, 10, (16,))}
+    exec(compile(_python_block(ROOT / "README.md", "## Gradient alignment and CO in your own"),
+                 "README.md", "exec"), scope)
+    assert -1 <= scope["align"] <= 1
+    assert {"clean_acc", "pgd_acc", "grad_align", "co"} <= set(scope["row"])
 
 
 def test_the_toolkit_python_api_example_runs(tmp_path, monkeypatch):

@@ -8,26 +8,16 @@ import torch.nn.functional as F
 
 from gradalign_fast.testing import authors_reference as reference
 from gradalign_fast.training.methods import METHODS, make_method, train_step
-from test_trainer import one_thread  # noqa: F401 (autouse: one CPU thread per test)
+from helpers import batch, softplus_cnn
 
 EPS = 0.1
 KW = {"gradalign": {"lam": 0.5}, "gradalign_adaptive": {"lam": 0.5}, "cure": {"lam": 0.5}}
 
 
-def _model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Softplus(), nn.Flatten(),
-                         nn.Linear(4 * 6 * 6, 5)).double()
-
-
-def _batch():
-    g = torch.Generator().manual_seed(1)
-    return (torch.rand(8, 1, 6, 6, generator=g, dtype=torch.float64),
-            torch.randint(0, 5, (8,), generator=g))
 
 
 def test_fgsm_matches_reference():
-    model, (x, y) = _model(), _batch()
+    model, (x, y) = softplus_cnn(), batch()
     delta, grad = make_method("fgsm", EPS).perturb(model, x, y)
     ref_delta, ref_grad = reference.fgsm(model, x, y, EPS)
     torch.testing.assert_close(delta, ref_delta, rtol=0, atol=0)
@@ -40,7 +30,7 @@ def test_fgsm_matches_reference():
     ("pgd", lambda m, x, y: reference.pgd(m, x, y, EPS, 2.5 * EPS / 10, 10)),
 ])
 def test_random_start_methods_match_reference_with_the_same_seed(name, ref):
-    model, (x, y) = _model(), _batch()
+    model, (x, y) = softplus_cnn(), batch()
     torch.manual_seed(5)
     delta, grad = make_method(name, EPS).perturb(model, x, y)
     torch.manual_seed(5)
@@ -49,7 +39,7 @@ def test_random_start_methods_match_reference_with_the_same_seed(name, ref):
 
 
 def test_gradalign_step_equals_reference_loss_and_gradient():
-    model, (x, y) = _model(), _batch()
+    model, (x, y) = softplus_cnn(), batch()
     before = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)  # so the update is minus the gradient
     method = make_method("gradalign", EPS, lam=0.5)
@@ -93,20 +83,20 @@ def test_train_step_differentiates_only_towards_the_parameters(name):
             return _CountInputGrads.apply(x)
 
     def grads(restrict):
-        model = nn.Sequential(Counted(), *_model())
+        model = nn.Sequential(Counted(), *softplus_cnn())
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
         method = make_method(name, EPS, **KW.get(name, {}))
         before = [p.detach().clone() for p in model.parameters()]
         _CountInputGrads.calls = 0
         torch.manual_seed(9)
         if restrict:
-            train_step(method, model, opt, *_batch())
+            train_step(method, model, opt, *batch())
         else:  # the same step with an unrestricted backward
             backward = torch.Tensor.backward
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(torch.Tensor, "backward",
                            lambda t, *a, inputs=None, **k: backward(t, *a, **k))
-                train_step(method, model, opt, *_batch())
+                train_step(method, model, opt, *batch())
         return _CountInputGrads.calls, [b - p for b, p in zip(before, model.parameters())]
 
     calls, g = grads(restrict=True)
@@ -120,7 +110,7 @@ def test_gradalign_step_checks_x_for_nan_once_in_its_attack():
     """The method's regulariser skips its own NaN/inf check (a second host sync per step on a
     GPU): the step's FGSM attack has checked the same x, so a NaN still stops the step, with
     the attack's message; an explicit check_finite=True keeps the regulariser's check too."""
-    model, (x, y) = _model(), _batch()
+    model, (x, y) = softplus_cnn(), batch()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     method = make_method("gradalign", EPS, lam=0.5)
     assert method._loss.check_finite is False
@@ -138,7 +128,7 @@ def test_gradalign_step_with_batchnorm_equals_one_backward_in_the_authors_order(
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                           nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                           nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).double()
-    x, y = _batch()
+    x, y = batch()
     before = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     torch.manual_seed(9)
@@ -159,7 +149,7 @@ def test_gradalign_step_with_batchnorm_equals_one_backward_in_the_authors_order(
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_train_step_changes_the_parameters(name):
-    model, (x, y) = _model(), _batch()
+    model, (x, y) = softplus_cnn(), batch()
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     out = train_step(make_method(name, EPS, **KW.get(name, {})), model, opt, x, y)
@@ -169,7 +159,7 @@ def test_every_train_step_changes_the_parameters(name):
 
 @pytest.mark.parametrize("name", ["cure", "llr"])
 def test_cure_and_llr_regularisers_are_nonnegative_and_reach_the_parameters(name):
-    model, (x, y) = _model(), _batch()
+    model, (x, y) = softplus_cnn(), batch()
     method = make_method(name, EPS, **KW.get(name, {}))
     _, grad_clean = reference.fgsm(model, x, y, EPS)
     reg = method.regularizer(model, x, y, grad_clean)

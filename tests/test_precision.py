@@ -8,14 +8,6 @@ from gradalign_fast import GradAlignLoss, precision
 from gradalign_fast.testing.authors_reference import gradalign_regularizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _bn_model(dtype=torch.float32):
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),

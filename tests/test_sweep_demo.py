@@ -3,13 +3,11 @@ import json
 from dataclasses import replace
 
 import pytest
-import torch
 
 from gradalign_fast.cli import main
 from gradalign_fast.training.methods import GradAlign
 from gradalign_fast.training.sweep import grid, markdown_table, parse_method, parse_options, summarize
 from gradalign_fast.training.trainer import TrainConfig, resolve, train
-from test_trainer import one_thread  # noqa: F401 (autouse: one CPU thread per test)
 
 TINY = ["--n-train", "256", "--epochs", "1", "--batch-size", "64", "--n-eval", "32",
         "--eval-attacks", "clean,pgd-2-1", "--monitor-every", "2"]

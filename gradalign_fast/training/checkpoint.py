@@ -17,12 +17,13 @@ import torch
 
 from .datasets import spec
 from .models import build_model
+from .recipe import RECIPES
 
 FORMAT = "gradalign_fast.checkpoint/1"
 # The TrainConfig fields that define a training run: a resume must match them.
-RUN_FIELDS = ("method", "dataset", "model", "eps", "lam", "epochs", "batch_size", "lr_max",
-              "momentum", "wd", "eps_warmup_epochs", "lr_schedule", "n_train", "n_monitor",
-              "seed", "amp", "user_data")
+RUN_FIELDS = ("method", "dataset", "recipe", "model", "eps", "lam", "epochs", "batch_size",
+              "lr_max", "optimizer", "momentum", "wd", "eps_warmup_epochs", "lr_schedule",
+              "n_train", "n_monitor", "seed", "amp", "user_data")
 
 
 class CheckpointError(ValueError):
@@ -86,9 +87,19 @@ def set_rng_state(state: dict, loader_generator: torch.Generator) -> None:
     loader_generator.set_state(state["loader"])
 
 
+# The recipe of a config written before configs named theirs: normalised inputs and torch's
+# initialisation, as every model was built then.
+LEGACY_RECIPE = "mnist_sgd_ramp"
+
+
 def model_from_config(config: dict) -> torch.nn.Module:
+    """The model of a resolved TrainConfig (as a dict): its recipe says whether the inputs are
+    normalised and which initialisation it gets."""
     s = spec(config["dataset"])
-    return build_model(config["model"], s.num_classes, s.in_channels, s.mean, s.std)
+    r = RECIPES[config.get("recipe") or LEGACY_RECIPE]
+    mean, std = (s.mean, s.std) if r.normalize else (None, None)
+    return build_model(config["model"], s.num_classes, s.in_channels, mean, std, init=r.init,
+                       image_size=s.image_size)
 
 
 def load_checkpoint(path, device=None, model: torch.nn.Module | None = None) -> torch.nn.Module:

@@ -23,6 +23,7 @@ class Method:
 
     name = "standard"
     double_backprop = False
+    step_scale = 1.0  # the attack's step times this (a recipe's step warm-up, in [0, 1])
 
     def __init__(self, eps: float = 0.0, bounds=attacks.BOUNDS):
         self.bounds = attacks.check_bounds(self.name, bounds)  # the input box (lo, hi)
@@ -34,6 +35,13 @@ class Method:
 
     def regularizer(self, model, x, y, grad_clean):
         return None
+
+    def set_step_scale(self, scale: float) -> None:
+        """The attack's step scaled by `scale` in [0, 1], its radius eps unchanged (the
+        authors' SVHN warm-up of FGSM's step)."""
+        if not 0 <= scale <= 1:
+            raise ValueError(f"{self.name}: step scale must be in [0, 1], got {scale}")
+        self.step_scale = float(scale)
 
     def state_dict(self) -> dict:
         """What a resumed run needs besides eps and the options (checkpointed by the trainer)."""
@@ -59,7 +67,7 @@ class FGSM(Method):
     name = "fgsm"
 
     def perturb(self, model, x, y):
-        return attacks.fgsm(model, x, y, self.eps, bounds=self.bounds)
+        return attacks.fgsm(model, x, y, self.eps * self.step_scale, bounds=self.bounds)
 
 
 class FGSMRS(Method):
@@ -72,7 +80,8 @@ class FGSMRS(Method):
         self.alpha = 1.25 * self.eps if alpha is None else float(alpha)
 
     def perturb(self, model, x, y):
-        return attacks.fgsm_rs(model, x, y, self.eps, self.alpha, bounds=self.bounds), None
+        return attacks.fgsm_rs(model, x, y, self.eps, self.alpha * self.step_scale,
+                               bounds=self.bounds), None
 
 
 class NFGSM(Method):
@@ -86,8 +95,8 @@ class NFGSM(Method):
         self.noise_mult = float(noise_mult)
 
     def perturb(self, model, x, y):
-        return attacks.nfgsm(model, x, y, self.eps, self.alpha, self.noise_mult,
-                             bounds=self.bounds), None
+        return attacks.nfgsm(model, x, y, self.eps, self.alpha * self.step_scale,
+                             self.noise_mult, bounds=self.bounds), None
 
 
 class PGD(Method):
@@ -101,7 +110,7 @@ class PGD(Method):
         self.alpha = 2.5 * self.eps / self.steps if alpha is None else float(alpha)
 
     def perturb(self, model, x, y):
-        return attacks.pgd(model, x, y, self.eps, self.alpha, self.steps,
+        return attacks.pgd(model, x, y, self.eps, self.alpha * self.step_scale, self.steps,
                            bounds=self.bounds), None
 
 

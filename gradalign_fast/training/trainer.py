@@ -15,7 +15,7 @@ import math
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .. import attacks, precision
-from . import checkpoint, distributed, evaluation, recipe, rundir
+from . import checkpoint, distributed, evaluation, optim, recipe, rundir
 from .datasets import load_dataset, make_loader, spec, take
 from .methods import METHODS, make_method, train_step
 from .models import MODELS
@@ -55,6 +55,7 @@ class TrainConfig:
 
     method: str = "gradalign"
     dataset: str = "mnist_subset"
+    recipe: str | None = None  # a key of recipe.RECIPES; None: the dataset's default recipe
     data_dir: str | None = None
     model: str | None = None
     eps: float | None = None
@@ -65,7 +66,8 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int | None = None  # the global batch (split over DDP processes)
     lr_max: float | None = None
-    momentum: float | None = None
+    optimizer: str | None = None  # sgd | adam (optim.OPTIMIZERS)
+    momentum: float | None = None  # SGD's (None for Adam)
     wd: float | None = None
     eps_warmup_epochs: float | None = None
     lr_schedule: str | None = None  # cyclic | piecewise | constant
@@ -118,7 +120,7 @@ def _fit_warmup(cfg: TrainConfig, r: recipe.Recipe, from_recipe: bool) -> TrainC
                          f"(epochs={cfg.epochs}): eps would never reach {cfg.eps * 255:g}/255; "
                          f"give at most {cfg.epochs} warm-up epochs")
     scaled = r.eps_warmup_epochs * cfg.epochs / r.epochs
-    warnings.warn(f"the {cfg.dataset} recipe's eps warm-up ({r.eps_warmup_epochs:g} epochs of "
+    warnings.warn(f"the {cfg.recipe} recipe's eps warm-up ({r.eps_warmup_epochs:g} epochs of "
                   f"{r.epochs}) is longer than this {cfg.epochs}-epoch run: eps is ramped over "
                   f"the first {scaled:g} epochs instead (the same fraction of training)",
                   stacklevel=3)
@@ -130,9 +132,15 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(METHODS)}")
     spec(cfg.dataset)
-    r = recipe.recipe_for(cfg.dataset, cfg.method)
-    filled = {f.name: getattr(r, f.name) for f in fields(r) if getattr(cfg, f.name) is None}
+    if cfg.recipe is None:
+        cfg = replace(cfg, recipe=recipe.default_recipe(cfg.dataset))
+    r = recipe.recipe_for(cfg.recipe, cfg.method)
+    filled = {name: getattr(r, name) for name in recipe.CONFIG_FIELDS
+              if getattr(cfg, name) is None}
     cfg = replace(cfg, **filled)
+    if "momentum" in filled and cfg.optimizer != r.optimizer:  # the recipe's is its optimizer's
+        cfg = replace(cfg, momentum=optim.DEFAULT_MOMENTUM.get(cfg.optimizer))
+    optim.check(cfg.optimizer, cfg.momentum)
     if cfg.device is None:
         cfg = replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
     if cfg.model not in MODELS and not str(cfg.model).startswith(USER_MODEL):
@@ -143,7 +151,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.lam is not None and cfg.method not in LAM_METHODS:
         raise ValueError(f"lam applies only to {LAM_METHODS}, not to {cfg.method!r}")
     if cfg.method in ("gradalign", "gradalign_adaptive") and cfg.lam is None:
-        cfg = replace(cfg, lam=recipe.lambda_for_eps(cfg.eps * 255))
+        cfg = replace(cfg, lam=recipe.lambda_for_eps(cfg.eps * 255, r.lam_table))
     if cfg.method == "cure" and cfg.lam is None:
         raise ValueError("method 'cure' needs lam (no default: its scale depends on the data)")
     if cfg.lam is not None and not (math.isfinite(cfg.lam) and cfg.lam >= 0):
@@ -382,8 +390,7 @@ class _Run:
                                       shuffle=True, generator=self.gen, sampler=self.sampler,
                                       num_workers=cfg.num_workers,
                                       pin_memory=dev.type == "cuda")
-        self.opt = torch.optim.SGD(net.parameters(), lr=0.0, momentum=cfg.momentum,
-                                   weight_decay=cfg.wd)
+        self.opt = optim.build_optimizer(cfg.optimizer, net.parameters(), cfg.momentum, cfg.wd)
         self.scaler = torch.amp.GradScaler(dev.type) if self.amp_dtype == torch.float16 \
             else None
         x_mon, y_mon = take(monitor_set)
@@ -489,6 +496,8 @@ class _Run:
         cfg = self.cfg
         steps = len(self.loader)
         warmup = round(cfg.eps_warmup_epochs * steps)
+        alpha_warmup = round(recipe.alpha_warmup_epochs(cfg.recipe, cfg.method, cfg.epochs)
+                             * steps)
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
@@ -510,6 +519,8 @@ class _Run:
                     if self._method_state:
                         self.method.load_state_dict(self._method_state)
             method = self.method
+            if alpha_warmup:
+                method.set_step_scale(recipe.eps_at(self.it, alpha_warmup, 1.0))
             out = train_step(method, self.model, self.opt, x, y, self.amp_dtype, self.scaler)
             sums += torch.stack([out["loss"].double() * len(y), out["reg"].double() * len(y),
                                  out["correct"].double()])

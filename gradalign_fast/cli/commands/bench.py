@@ -1,10 +1,10 @@
 """`python -m gradalign_fast bench`: one table of step times, ratios to FGSM and peak memory."""
 from __future__ import annotations
 
-import datetime
-import json
 import os
 
+from ...benchmarking import epoch_time
+from ...benchmarking.outputs import output_path, write_json
 from ...benchmarking.step_bench import QUICK, STEPS
 
 EXAMPLES = """examples:
@@ -49,6 +49,7 @@ def add_arguments(parser) -> None:
                              "bench/<device>_<date>.json under the current directory")
     parser.add_argument("--plot", nargs="?", const="auto", default=None,
                         help="PNG of the ratio to FGSM vs batch size (no value: next to --out)")
+    epoch_time.add_arguments(parser)
 
 
 def _options(args, torch) -> dict:
@@ -114,21 +115,18 @@ def run(args) -> int:
 
     from ...benchmarking import step_bench
 
+    if args.epoch:
+        return epoch_time.run(args, RESULTS_DIR)
     opts = _options(args, torch)
     rows = step_bench.run_bench(**opts)
     meta = step_bench.metadata(opts["device"], opts["amp_dtype"], opts["channels_last"],
                           opts["threads"])
     table = "\n".join([step_bench.format_table(rows, meta), *step_bench.exact_vs_plain(rows)])
     print(table)
-    out = args.out
-    if out == "auto":
-        stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M")
-        out = os.path.join(RESULTS_DIR, f"{meta['device_type']}_{stamp}.json")
+    out = output_path(args.out, RESULTS_DIR, meta["device_type"])
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump({"meta": meta, "options": {k: str(v) for k, v in opts.items()},
-                       "rows": rows}, f, indent=1)
+        write_json(out, {"meta": meta, "options": {k: str(v) for k, v in opts.items()},
+                         "rows": rows})
         with open(os.path.splitext(out)[0] + ".md", "w") as f:
             f.write("```\n" + table + "\n```\n")
         print(f"wrote {out}")

@@ -30,6 +30,7 @@ EXAMPLES = """examples:
 # shipped subset, and is more robust than GradAlign (lambda = 2) there: docs/results.md has
 # the studies, including the search for a regime where GradAlign beats FGSM-RS.
 DEMO_EPS_255 = 90.0
+DEMO_RECIPE = "mnist_sgd_ramp"  # the project's MNIST recipe (SGD), not Wong et al.'s (Adam)
 DEMO_LAM = 2.0
 # The demo's step-time table: the methods it trains and the cheaper GradAlign variants (the
 # bench command measures every variant).
@@ -83,6 +84,17 @@ def _summary(finals: dict, worst: str) -> str:
     return "\n".join(lines)
 
 
+def run_config(args, method: str, eps: float, out: Path, worst: str) -> TrainConfig:
+    """The demo's training run of `method` (parsed demo `args`)."""
+    return TrainConfig(method=method, dataset=args.dataset, recipe=DEMO_RECIPE,
+                       data_dir=args.data_dir, eps=eps,
+                       lam=args.lam if method == "gradalign" else None, epochs=args.epochs,
+                       eps_warmup_epochs=args.epochs / 2, n_train=args.n_train,
+                       n_eval=args.n_eval, eval_attacks=f"clean,pgd-50-10,{worst}",
+                       seed=args.seed, device=args.device, out_dir=str(out),
+                       monitor_every=0, progress=False)
+
+
 def run(args) -> int:
     eps = eps_from_args(args.eps, args.eps_units)
     eps = DEMO_EPS_255 / 255 if eps is None else eps
@@ -94,12 +106,7 @@ def run(args) -> int:
     finals = {}
     for method in ("fgsm", "fgsm_rs", "gradalign"):
         out = Path(args.out) / method
-        cfg = TrainConfig(method=method, dataset=args.dataset, data_dir=args.data_dir, eps=eps,
-                          lam=args.lam if method == "gradalign" else None, epochs=epochs,
-                          eps_warmup_epochs=epochs / 2, n_train=args.n_train,
-                          n_eval=args.n_eval, eval_attacks=f"clean,pgd-50-10,{worst}",
-                          seed=args.seed, device=args.device, out_dir=str(out),
-                          monitor_every=0, progress=False)
+        cfg = run_config(args, method, eps, out, worst)
         if any((out / f).exists() for f in RUN_FILES):  # the demo's own earlier output
             shutil.rmtree(out)
         print(f"\ntraining {method} -> {out} ...", flush=True)

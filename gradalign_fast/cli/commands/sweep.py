@@ -25,6 +25,8 @@ EXAMPLES = """examples:
 _PASSTHROUGH = {
     "dataset": (str, "mnist_subset (shipped), mnist, cifar10, svhn, imagenet"),
     "data_dir": (str, "where the dataset's files are (not for mnist_subset)"),
+    "recipe": (str, "training recipe (docs/recipes.md); None: the dataset's"),
+    "optimizer": (str, "sgd or adam; None: the recipe's"),
     "model": (str, "None: the dataset's"),
     "epochs": (int, "training epochs; None: the dataset's recipe"),
     "batch_size": (int, "batch size; None: the recipe's"),

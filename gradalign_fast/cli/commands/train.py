@@ -5,6 +5,8 @@ import os
 
 from ...precision import POLICIES
 from ...training.methods import METHODS
+from ...training.optim import OPTIMIZERS
+from ...training.recipe import DEFAULT_RECIPES, RECIPES
 from ...training.sweep import parse_options
 from ...training.trainer import TrainConfig, train
 
@@ -47,8 +49,12 @@ def add_arguments(parser) -> None:
     a("--dataset", default="mnist_subset",
       help="mnist_subset (shipped), mnist, cifar10, svhn, imagenet")
     a("--data-dir", default=None, help="where the dataset's files are (not for mnist_subset)")
+    a("--recipe", choices=tuple(RECIPES), default=None,
+      help="training recipe (docs/recipes.md); None: the dataset's ("
+           + ", ".join(f"{d}: {r}" for d, r in DEFAULT_RECIPES.items()) + ")")
     a("--model", default=None,
-      help="None: the dataset's (mnist_cnn, preact_resnet18, resnet50)")
+      help="None: the recipe's (mnist_cnn, preact_resnet18, resnet50); also cnn (the "
+           "authors' one-layer CNN), preact_resnet18_std (Rice et al.'s form)")
     add_eps_arguments(parser, "the dataset's (8/255; 0.3 for MNIST)")
     a("--lam", type=float, default=None,
       help="regulariser weight; None: GradAlign the paper's lambda for --eps, LLR 4; CURE "
@@ -58,6 +64,7 @@ def add_arguments(parser) -> None:
       help="global batch size (split over DDP processes); None: the recipe's (128)")
     a("--lr-max", type=float, default=None,
       help="peak of the cyclic learning rate; None: the recipe's")
+    a("--optimizer", choices=OPTIMIZERS, default=None, help="None: the recipe's")
     a("--lr-schedule", default=None, help="cyclic, piecewise or constant; None: cyclic")
     a("--eps-warmup-epochs", type=float, default=None,
       help="eps ramped up linearly from 0 over these epochs; None: the recipe's (scaled to "
@@ -93,9 +100,10 @@ def add_arguments(parser) -> None:
 def config_from_args(args) -> TrainConfig:
     return TrainConfig(
         method=args.method, method_options=parse_options(args.method_option),
-        dataset=args.dataset, data_dir=args.data_dir, model=args.model,
+        dataset=args.dataset, recipe=args.recipe, data_dir=args.data_dir, model=args.model,
         eps=eps_from_args(args.eps, args.eps_units), lam=args.lam, epochs=args.epochs,
-        batch_size=args.batch_size, lr_max=args.lr_max, lr_schedule=args.lr_schedule,
+        batch_size=args.batch_size, lr_max=args.lr_max, optimizer=args.optimizer,
+        lr_schedule=args.lr_schedule,
         eps_warmup_epochs=args.eps_warmup_epochs, n_train=args.n_train,
         n_eval=None if args.full_eval else args.n_eval, eval_attacks=args.eval_attacks,
         seed=args.seed, device=args.device, amp=args.amp, out_dir=args.out,
