@@ -4,20 +4,26 @@ training, train.py and utils.py). Each function says where it departs from the a
 Run it in float64 for comparisons."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
 from ..attacks import LossFn
+from ..attention import double_backward_attention
 from ..ops.reference import attack_step, random_delta
 
 
 def input_grad(model, x, y, loss_fn: LossFn = F.cross_entropy, delta=None,
                create_graph=False) -> torch.Tensor:
     """Gradient of loss_fn(model(x + delta), y) with respect to the input (authors'
-    get_input_grad). With create_graph the result is differentiable in the parameters."""
+    get_input_grad). With create_graph the result is differentiable in the parameters.
+    Departure: with create_graph the forward runs on an attention backend that can be
+    differentiated twice (gradalign_fast.attention; the authors' models have no attention)."""
     delta = torch.zeros_like(x) if delta is None else delta
     delta = delta.detach().clone().requires_grad_(True)
-    loss = loss_fn(model(x + delta), y)
+    with double_backward_attention() if create_graph else contextlib.nullcontext():
+        loss = loss_fn(model(x + delta), y)
     (grad,) = torch.autograd.grad(loss, delta, create_graph=create_graph)
     return grad if create_graph else grad.detach()
 
