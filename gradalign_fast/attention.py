@@ -27,7 +27,8 @@ DOUBLE_BACKWARD_BACKENDS = (SDPBackend.MATH,)
 
 def double_backward_attention():
     """Context manager: F.scaled_dot_product_attention runs only on backends that can be
-    differentiated twice, within it (the caller's selection is restored on exit). Wrap the
+    differentiated twice, within it (the caller's selection is restored on exit; like
+    torch.nn.attention.sdpa_kernel, it sets PyTorch's process-wide flags). Wrap the
     forward whose input gradient is taken with create_graph=True; the backward passes need
     nothing (the backend is fixed when the forward runs)."""
     return sdpa_kernel(list(DOUBLE_BACKWARD_BACKENDS))
