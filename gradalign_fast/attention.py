@@ -19,16 +19,19 @@ parameter requires grad under grad mode, and the input of such a forward always 
 """
 from __future__ import annotations
 
+import contextlib
+
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # every SDPA backend whose backward is differentiable (see above)
 DOUBLE_BACKWARD_BACKENDS = (SDPBackend.MATH,)
 
 
-def double_backward_attention():
+def double_backward_attention(enabled: bool = True):
     """Context manager: F.scaled_dot_product_attention runs only on backends that can be
     differentiated twice, within it (the caller's selection is restored on exit; like
     torch.nn.attention.sdpa_kernel, it sets PyTorch's process-wide flags). Wrap the
     forward whose input gradient is taken with create_graph=True; the backward passes need
-    nothing (the backend is fixed when the forward runs)."""
-    return sdpa_kernel(list(DOUBLE_BACKWARD_BACKENDS))
+    nothing (the backend is fixed when the forward runs). enabled=False: no change (for a
+    forward differentiated once)."""
+    return sdpa_kernel(list(DOUBLE_BACKWARD_BACKENDS)) if enabled else contextlib.nullcontext()

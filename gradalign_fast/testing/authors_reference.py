@@ -4,8 +4,6 @@ training, train.py and utils.py). Each function says where it departs from the a
 Run it in float64 for comparisons."""
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
@@ -22,7 +20,7 @@ def input_grad(model, x, y, loss_fn: LossFn = F.cross_entropy, delta=None,
     differentiated twice (gradalign_fast.attention; the authors' models have no attention)."""
     delta = torch.zeros_like(x) if delta is None else delta
     delta = delta.detach().clone().requires_grad_(True)
-    with double_backward_attention() if create_graph else contextlib.nullcontext():
+    with double_backward_attention(create_graph):
         loss = loss_fn(model(x + delta), y)
     (grad,) = torch.autograd.grad(loss, delta, create_graph=create_graph)
     return grad if create_graph else grad.detach()

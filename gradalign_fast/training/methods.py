@@ -145,7 +145,7 @@ class GradAlign(FGSM):
 def _per_sample_input_grad(model, x, y, create_graph):
     """Input gradient of the summed loss (so each row is that sample's own gradient)."""
     xin = x.detach().requires_grad_(True)
-    with double_backward_attention() if create_graph else contextlib.nullcontext():
+    with double_backward_attention(create_graph):
         loss = F.cross_entropy(model(xin), y, reduction="sum")
     (g,) = torch.autograd.grad(loss, xin, create_graph=create_graph)
     return g, loss
