@@ -15,6 +15,7 @@ from .approx import check_options, linearity_penalty, random_subset
 from .alignment import mean_cosine
 from .attacks import (BOUNDS, LossFn, check_bounds, check_eps, check_inputs, input_gradient,
                       model_loss)
+from .attention import double_backward_attention
 from .double_backward import fast_double_backward
 from .precision import check_precision, inner_loss_scale, regulariser_precision
 
@@ -248,7 +249,8 @@ class GradAlignLoss(nn.Module):
         fdb = fast_double_backward(self.low_memory) if (
             self.fast_layers and _fast_layers_pay(self._facts(model)[1])) else None
         with regulariser_precision(self.precision, model, x.device.type):
-            with _phase(PHASES[0]), fdb or contextlib.nullcontext():
+            with _phase(PHASES[0]), fdb or contextlib.nullcontext(), \
+                    double_backward_attention():
                 loss = model_loss(model, x_noisy, y, self.loss_fn, "GradAlignLoss", labels_max)
                 scale = inner_loss_scale(self.precision, x)  # B under fp16: see precision.py
                 if scale != 1.0:

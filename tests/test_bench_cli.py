@@ -1,6 +1,7 @@
 """`bench` and `profile`: run_bench/format_table and the commands, on tiny sizes (no timing
 claims here: speed lives in benchmarks/)."""
 import json
+import sys
 
 import pytest
 import torch
@@ -100,3 +101,45 @@ def test_ratio_interval_and_exact_vs_plain_line():
             for s, t in (("gradalign", [2 * t for t in base]), ("gradalign_plain", base))]
     assert bench.exact_vs_plain(rows) == ["m batch 8: exact / plain = 2.000 "
                                           "[95% CI 2.000, 2.000]"]
+
+
+TIMM_VIT = "timm:vit_tiny_patch16_224:patch_size=8:depth=1"
+
+
+def test_bench_times_timm_models(capsys):
+    """timm:NAME: a ResNet (BatchNorm) and a ViT (fixed input size: img_size=32 is passed) on
+    the CIFAR-shaped input; KEY=VALUE pairs reach timm.create_model; img_size sets the input."""
+    pytest.importorskip("timm")
+    assert bench.input_shape(TIMM_VIT) == (3, 32, 32)
+    assert bench.input_shape("timm:vit_tiny_patch16_224:img_size=64") == (3, 64, 64)
+    vit = bench._setup(TIMM_VIT, 2, torch.device("cpu"), False)[0]
+    assert len(vit.blocks) == 1 and vit.patch_embed.img_size == (32, 32)
+    rc = main(["bench", "--model", f"timm:resnet10t,{TIMM_VIT}", "--batch-sizes", "2",
+               "--reps", "1", "--warmup", "0", "--steps", "gradalign_plain,gradalign",
+               "--device", "cpu"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "timm:resnet10t batch 2: exact / plain" in printed
+    assert f"{TIMM_VIT} batch 2: exact / plain" in printed
+
+
+@pytest.mark.parametrize("name, message", [
+    ("timm:no_such_net", "unknown timm model 'no_such_net'"),
+    ("timm:resnet10t:depth", "'depth' is not KEY=VALUE"),
+    ("timm:resnet10t:patch_size=4", "unexpected keyword argument 'patch_size'"),
+])
+def test_bench_rejects_a_bad_timm_model(name, message, capsys):
+    pytest.importorskip("timm")
+    assert main(["bench", "--model", name, "--batch-sizes", "2", "--reps", "1", "--warmup",
+                 "0", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_bench_says_how_to_install_timm(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` raises ImportError
+    assert main(["bench", "--model", "timm:resnet18", "--batch-sizes", "2", "--reps", "1",
+                 "--warmup", "0", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: model 'timm:resnet18' needs timm") and "pip install" in err
+    assert err.count("\n") == 1

@@ -10,6 +10,7 @@ gradalign_fast.testing.authors_reference, with no gradalign_fast op or layer in 
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import datetime
@@ -110,7 +111,60 @@ QUICK = dict(model_names=("mnist_cnn", "preact_resnet18_narrow"), batch_sizes=(3
              warmup=1)
 
 
+# `timm:NAME[:KEY=VALUE]...`: timm.create_model(NAME, pretrained=False, num_classes=10,
+# KEY=VALUE, ...) on a CIFAR-shaped [3, 32, 32] input, VALUE a Python literal (else a string).
+# img_size=S makes the input [3, S, S] (in_chans=C: C channels); it is also passed to models
+# whose size is fixed at construction (timm's pretrained_cfg.fixed_input_size: ViTs), which
+# get img_size=32 by default. E.g. timm:resnet18, timm:vit_tiny_patch16_224:patch_size=4,
+# timm:vit_tiny_patch16_224:img_size=224.
+TIMM = "timm:"
+CIFAR_SIZE = 32
+
+
+def _timm_spec(model_name: str) -> tuple[str, dict]:
+    """'timm:NAME[:KEY=VALUE]...' -> (NAME, {KEY: VALUE})."""
+    name, *pairs = model_name[len(TIMM):].split(":")
+    kwargs = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not (sep and key.isidentifier()):
+            raise ValueError(f"model {model_name!r}: {pair!r} is not KEY=VALUE "
+                             f"(timm:NAME[:KEY=VALUE]...)")
+        try:
+            kwargs[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            kwargs[key] = text
+    return name, kwargs
+
+
+def _timm_model(model_name: str) -> torch.nn.Module:
+    """The timm model of a `timm:` name (see TIMM), randomly initialised, 10 classes."""
+    try:
+        import timm
+    except ImportError as e:
+        raise ImportError(f"model {model_name!r} needs timm ({e}): pip install --no-deps "
+                          f"timm==1.0.31 (and torchvision, huggingface_hub, safetensors, "
+                          f"pyyaml; requirements.txt pins them)") from e
+    name, kwargs = _timm_spec(model_name)
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r} (timm {timm.__version__}; "
+                         f"timm.list_models('*{name.split('_')[0]}*') lists similar names)")
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is not None and cfg.fixed_input_size:
+        kwargs.setdefault("img_size", CIFAR_SIZE)
+    else:
+        kwargs.pop("img_size", None)  # only the input's size
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+    except TypeError as e:  # a KEY the architecture does not take
+        raise ValueError(f"model {model_name!r}: {e}") from e
+
+
 def input_shape(model_name: str) -> tuple[int, int, int]:
+    if model_name.startswith(TIMM):
+        kwargs = _timm_spec(model_name)[1]
+        size = kwargs.get("img_size", CIFAR_SIZE)
+        return kwargs.get("in_chans", 3), size, size
     return (1, 28, 28) if model_name.startswith("mnist") else (3, 32, 32)
 
 
@@ -183,10 +237,14 @@ def resident_bytes(model, opt, x, y) -> int:
 
 
 def _setup(model_name, batch, device, channels_last, seed=0):
-    """A model (train mode) and one random batch in [0, 1]."""
+    """A model (train mode) and one random batch in [0, 1]: a name of
+    gradalign_fast.training.models or a timm model (`timm:NAME`, see TIMM)."""
     torch.manual_seed(seed)
-    model = models.build_model(model_name, in_channels=input_shape(model_name)[0]).to(device)
-    x = torch.rand(batch, *input_shape(model_name), device=device)
+    shape = input_shape(model_name)
+    model = _timm_model(model_name) if model_name.startswith(TIMM) else \
+        models.build_model(model_name, in_channels=shape[0])
+    model = model.to(device)
+    x = torch.rand(batch, *shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

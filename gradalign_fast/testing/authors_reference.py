@@ -8,16 +8,20 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks import LossFn
+from ..attention import double_backward_attention
 from ..ops.reference import attack_step, random_delta
 
 
 def input_grad(model, x, y, loss_fn: LossFn = F.cross_entropy, delta=None,
                create_graph=False) -> torch.Tensor:
     """Gradient of loss_fn(model(x + delta), y) with respect to the input (authors'
-    get_input_grad). With create_graph the result is differentiable in the parameters."""
+    get_input_grad). With create_graph the result is differentiable in the parameters.
+    Departure: with create_graph the forward runs on an attention backend that can be
+    differentiated twice (gradalign_fast.attention; the authors' models have no attention)."""
     delta = torch.zeros_like(x) if delta is None else delta
     delta = delta.detach().clone().requires_grad_(True)
-    loss = loss_fn(model(x + delta), y)
+    with double_backward_attention(create_graph):
+        loss = loss_fn(model(x + delta), y)
     (grad,) = torch.autograd.grad(loss, delta, create_graph=create_graph)
     return grad if create_graph else grad.detach()
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .. import attacks, ops
 from ..alignment import alignment_sum
+from ..attention import double_backward_attention
 from ..gradalign import GradAlignLoss, batchnorm_layers
 
 
@@ -152,7 +153,8 @@ class GradAlign(FGSM):
 def _per_sample_input_grad(model, x, y, create_graph):
     """Input gradient of the summed loss (so each row is that sample's own gradient)."""
     xin = x.detach().requires_grad_(True)
-    loss = F.cross_entropy(model(xin), y, reduction="sum")
+    with double_backward_attention(create_graph):
+        loss = F.cross_entropy(model(xin), y, reduction="sum")
     (g,) = torch.autograd.grad(loss, xin, create_graph=create_graph)
     return g, loss
 
@@ -195,7 +197,8 @@ class LLR(Method):
 
     def regularizer(self, model, x, y, grad_clean):
         xin = x.detach().requires_grad_(True)
-        loss0 = F.cross_entropy(model(xin), y, reduction="none")
+        with double_backward_attention():  # g0 (in lin) is differentiated again
+            loss0 = F.cross_entropy(model(xin), y, reduction="none")
         (g0,) = torch.autograd.grad(loss0.sum(), xin, create_graph=True)
         delta = ops.random_delta(x, self.eps, *self.bounds, True)
         for _ in range(self.steps):  # inner maximisation, no graph to the parameters

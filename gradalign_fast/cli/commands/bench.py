@@ -23,8 +23,11 @@ def _csv(cast):
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", type=_csv(str), default=None,
-                        help="model name(s), comma-separated; None: preact_resnet18 on CUDA, "
-                             "preact_resnet18_narrow on CPU")
+                        help="model name(s), comma-separated: gradalign_fast.training.models "
+                             "names, or timm:NAME[:KEY=VALUE]... for any timm model (10 classes, "
+                             "3x32x32 input; img_size=S: 3xSxS; e.g. timm:resnet18, "
+                             "timm:vit_tiny_patch16_224:patch_size=4); None: preact_resnet18 on "
+                             "CUDA, preact_resnet18_narrow on CPU")
     parser.add_argument("--batch-sizes", type=_csv(int), default=None,
                         help="comma-separated; None: 32,128 on CPU, 128,256,512 on CUDA")
     parser.add_argument("--device", default=None, help="cpu or cuda; None: cuda if present")
