@@ -26,6 +26,7 @@ import torch
 
 from gradalign_fast.benchmarking import step_bench
 from gradalign_fast.training import methods, models
+from gradalign_fast.training.step import train_step
 
 EPS, LAM = 8 / 255, 0.2
 CIFAR_TRAIN = 50_000
@@ -94,7 +95,7 @@ def steps(args) -> dict:
                                                        warmup), 3)
                     method = _method(name)
                     row["eager_ms"] = round(_median_ms(
-                        device, lambda: methods.train_step(method, model, opt, x, y, amp),
+                        device, lambda: train_step(method, model, opt, x, y, amp),
                         reps, warmup), 3)
                     row["speedup"] = round(row["eager_ms"] / row["graph_ms"], 3)
                 except Exception as e:  # report, and go on with the other variants
@@ -129,7 +130,7 @@ def epoch(args) -> dict:
                 steps = 0
                 for i in range(0, n - batch + 1, batch):
                     idx = perm[i:i + batch]
-                    methods.train_step(method, model, opt, x_all[idx], y_all[idx], amp)
+                    train_step(method, model, opt, x_all[idx], y_all[idx], amp)
                     steps += 1
                     if limit and steps >= limit:
                         break

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import weakref
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -37,6 +38,26 @@ def batchnorm_layers(model) -> list | None:
     if not isinstance(model, nn.Module):
         return None
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class ModelFacts(NamedTuple):
+    compiled: nn.Module | None  # the first torch.compile'd module in the model, or None
+    batchnorms: list | None  # batchnorm_layers(model)
+
+
+_FACTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def model_facts(model) -> ModelFacts:
+    """What the regulariser and train_step read from a model's module tree, found once per
+    model rather than by a tree walk on every step (a model's modules are not expected to
+    change between steps); a callable that is not an nn.Module has none."""
+    if not isinstance(model, nn.Module):
+        return ModelFacts(None, None)
+    facts = _FACTS.get(model)
+    if facts is None:
+        facts = _FACTS[model] = ModelFacts(_compiled_module(model), batchnorm_layers(model))
+    return facts
 
 
 def _fast_layers_pay(batchnorms: list | None) -> bool:
@@ -185,9 +206,6 @@ class GradAlignLoss(nn.Module):
         self.precision = precision
         self._calls = 0  # forward calls so far, for `every`
         self._probed = False  # the double backward has been tried once (exact mode)
-        # what forward reads from the model's module tree, found once per model rather than
-        # by a tree walk on every step: (weakref, compiled, batchnorms)
-        self._model_facts: tuple | None = None
         self.last_cos: torch.Tensor | None = None
         self.last_valid: torch.Tensor | None = None
 
@@ -198,25 +216,12 @@ class GradAlignLoss(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         self._calls = int(state["calls"])
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_model_facts": None}  # a weakref does not pickle
-
     def extra_repr(self) -> str:
         return (f"eps={self.eps}, lam={self.lam}, mode={self.mode!r}, fraction={self.fraction},"
                 f" every={self.every}, precision={self.precision!r}")
 
-    def _facts(self, model) -> tuple:
-        """(torch.compile'd submodule or None, BatchNorm layers) of model, cached for the
-        last model seen (a model's modules are not expected to change between steps)."""
-        facts = self._model_facts
-        if facts is None or facts[0]() is not model:
-            ref = weakref.ref(model) if isinstance(model, nn.Module) else (lambda: None)
-            facts = self._model_facts = (ref, _compiled_module(model),
-                                         batchnorm_layers(model))
-        return facts[1:]
-
     def _check(self, model, x, y, grad_clean, noise) -> int | None:
-        if self._facts(model)[0] is not None:
+        if model_facts(model).compiled is not None:
             raise TypeError(COMPILE_MESSAGE)
         return check_inputs("GradAlignLoss", model, x, y, self.check_finite, self.bounds,
                             grad_clean=grad_clean, noise=noise)
@@ -247,7 +252,7 @@ class GradAlignLoss(nn.Module):
             noise = ops.random_delta(x, self.eps, clip_to_box=False)
         x_noisy = (x + noise.detach()).requires_grad_(True)
         fdb = fast_double_backward(self.low_memory) if (
-            self.fast_layers and _fast_layers_pay(self._facts(model)[1])) else None
+            self.fast_layers and _fast_layers_pay(model_facts(model).batchnorms)) else None
         with regulariser_precision(self.precision, model, x.device.type):
             with _phase(PHASES[0]), fdb or contextlib.nullcontext(), \
                     double_backward_attention():

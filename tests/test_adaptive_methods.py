@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from gradalign_fast.testing import authors_reference as ga_reference
 from gradalign_fast.testing import elle_reference as reference
-from gradalign_fast.training.methods import (AdaptiveLambda, RunningMoments, elle_error,
-                                             make_method, train_step)
+from gradalign_fast.training.methods import elle_error, make_method
+from gradalign_fast.training.schedules import AdaptiveLambda, RunningMoments
+from gradalign_fast.training.step import train_step
 from helpers import batch, softplus_cnn
 
 EPS = 0.1

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from gradalign_fast import GradAlignLoss, double_backward as fdb
 from gradalign_fast.training import methods
+from gradalign_fast.training.step import train_step
 from test_gradalign import _both
 
 EPS, LAM = 0.1, 0.7
@@ -144,7 +145,7 @@ def test_double_backprop_methods_train_an_attention_model(name):
     before = copy.deepcopy(model.state_dict())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y, _ = _data(dtype=torch.float32)
-    out = methods.train_step(method, model, opt, x, y)
+    out = train_step(method, model, opt, x, y)
     assert torch.isfinite(out["reg"]) and out["reg"] != 0
     assert not torch.equal(before["blocks.1.qkv.weight"], model.blocks[1].qkv.weight)
 

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from gradalign_fast import GradAlignLoss, attacks
 from gradalign_fast.training import distributed
-from gradalign_fast.training.methods import make_method, train_step
+from gradalign_fast.training.methods import make_method
+from gradalign_fast.training.step import train_step
 from helpers import softplus_cnn as _model  # the small float64 conv net
 
 EPS, LAM, STEPS, BATCH = 0.1, 1.0, 3, 8

@@ -407,6 +407,7 @@ def _cuda_setup():
 @pytest.mark.cuda
 def test_captured_fgsm_step_equals_eager():
     from gradalign_fast.training.cuda_graph import CapturedStep
+    from gradalign_fast.training.step import train_step
 
     methods, x, y, model = _cuda_setup()
     eager = copy.deepcopy(model)
@@ -415,7 +416,7 @@ def test_captured_fgsm_step_equals_eager():
     step = CapturedStep(methods.FGSM(0.1), model, opt_c, x, y)
     for _ in range(2):
         step(x, y)
-        methods.train_step(methods.FGSM(0.1), eager, opt_e, x, y)
+        train_step(methods.FGSM(0.1), eager, opt_e, x, y)
     for a, b in zip(model.state_dict().values(), eager.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
@@ -580,17 +581,20 @@ def test_value_checks_find_every_nan_and_inf(dtype):
 
 
 def test_gradalign_loss_pickles_and_follows_a_new_model():
-    """The per-model cache (module tree read once) is dropped by pickling and refreshed when
-    another model is passed: a train-mode BatchNorm model after a BatchNorm-free one still
-    gets the fast layers' values (same as PyTorch's), and a compiled one is refused."""
+    """The per-model facts (module tree read once per model, one cache for the regulariser
+    and train_step) follow each model passed: a train-mode BatchNorm model after a
+    BatchNorm-free one still gets the fast layers' values (same as PyTorch's), a compiled one
+    is refused, and the loss pickles."""
     import pickle
+
+    from gradalign_fast.gradalign import model_facts
 
     reg = GradAlignLoss(0.1, 1.0)
     x, y = _xy()
     reg(_mlp(), x, y)
-    assert pickle.loads(pickle.dumps(reg))._model_facts is None
+    pickle.loads(pickle.dumps(reg))(_mlp(), x, y)
     bn = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
                        nn.Linear(16, 4))
-    assert reg._facts(bn)[1] and reg._facts(bn)[1][0] is bn[1]
+    assert model_facts(bn).batchnorms == [bn[1]] and model_facts(bn) is model_facts(bn)
     with pytest.raises(TypeError, match="torch.compile cannot double-backward"):
         reg(torch.compile(bn), x, y)

@@ -7,7 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gradalign_fast.testing import authors_reference as reference
-from gradalign_fast.training.methods import METHODS, make_method, train_step
+from gradalign_fast.training.methods import METHODS, make_method
+from gradalign_fast.training.step import train_step
 from helpers import batch, softplus_cnn
 
 EPS = 0.1

@@ -216,3 +216,24 @@ def test_amp_policy_sets_gradalign_precision(tmp_path, monkeypatch):
     assert set(seen) == {("float32", torch.bfloat16)}
     assert json.loads((tmp_path / "a" / "config.json").read_text())["amp"] == "bf16-reg-fp32"
     assert trainer.resolve(TrainConfig(method="gradalign", amp="float32", **TINY)).amp is None
+
+
+def test_the_method_is_made_once_and_follows_the_eps_ramp(tmp_path, monkeypatch):
+    """One method object for the run (resolve's check makes one more): the eps warm-up sets its
+    eps in place and what derives from eps (FGSM-RS's step 1.25 eps) follows."""
+    made = []
+    make = trainer.make_method
+
+    def counting(*a, **kw):
+        made.append(make(*a, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(trainer, "make_method", counting)
+    train(TrainConfig(method="fgsm_rs", epochs=2, eps_warmup_epochs=1, out_dir=str(tmp_path),
+                      **TINY))
+    assert len(made) == 2
+    run_method = made[1]
+    assert run_method.eps == pytest.approx(76.5 / 255)
+    assert run_method.alpha == pytest.approx(1.25 * 76.5 / 255)
+    run_method.set_eps(0.1)
+    assert run_method.alpha == pytest.approx(0.125)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..testing import authors_reference
-from ..training import checkpoint, methods, optim, recipe
+from ..training import checkpoint, methods, optim, recipe, step
 from ..training.datasets import ArrayImages, load_dataset, make_loader
 from .outputs import output_path, write_json
 from .step_bench import AUTHORS_FGSM_MINUTES
@@ -77,7 +77,7 @@ def make_step(name: str, eps: float, lam: float, amp_dtype=None):
     method = {"fgsm": lambda: methods.FGSM(eps), "nfgsm": lambda: methods.NFGSM(eps),
               "gradalign": lambda: methods.GradAlign(eps, lam),
               "ga_every8": lambda: methods.GradAlign(eps, lam, every=8)}[name]()
-    return lambda model, opt, x, y: methods.train_step(method, model, opt, x, y, amp_dtype)
+    return lambda model, opt, x, y: step.train_step(method, model, opt, x, y, amp_dtype)
 
 
 def _batches(loader):

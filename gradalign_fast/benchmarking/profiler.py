@@ -1,6 +1,6 @@
 """One FGSM+GradAlign training step split into phases, each timed and memory-profiled.
 
-The step is methods.train_step's, written out so that each phase is a record_function range
+The step is step.train_step's, written out so that each phase is a record_function range
 (the three GradAlign phases are ranges inside GradAlignLoss), in train_step's order: the
 training loss is backpropagated before the regulariser's forward.
 """
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from .. import attacks, gradalign
-from ..training.methods import trained_parameters
+from ..training.step import trained_parameters
 from . import step_bench
 from .native_log import profiler_log_filtered
 

@@ -25,7 +25,7 @@ import torch
 
 from .. import precision
 from ..testing import authors_reference
-from ..training import methods, models
+from ..training import methods, models, step
 from .native_log import profiler_log_filtered
 
 AUTHORS_FGSM_MINUTES = 9.5  # the authors' FGSM training run on CIFAR-10 (PreActResNet-18)
@@ -55,10 +55,10 @@ def _method(cls, policy: str | None = None, **kw):
     def build(eps, lam):
         method = cls(eps, lam, **kw) if issubclass(cls, methods.GradAlign) else cls(eps, **kw)
         if pol is None:
-            return lambda model, opt, x, y: methods.train_step(method, model, opt, x, y)
+            return lambda model, opt, x, y: step.train_step(method, model, opt, x, y)
         scaler = torch.amp.GradScaler("cuda" if torch.cuda.is_available() else "cpu") \
             if pol.amp == "fp16" else None
-        return lambda model, opt, x, y: methods.train_step(method, model, opt, x, y,
+        return lambda model, opt, x, y: step.train_step(method, model, opt, x, y,
                                                            pol.amp_dtype, scaler)
     return build
 

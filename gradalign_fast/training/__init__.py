@@ -5,7 +5,8 @@ catastrophic-overfitting monitor and sweeps.
     from gradalign_fast.training import TrainConfig, train, load_checkpoint
 """
 from .checkpoint import load_checkpoint
-from .methods import METHODS, make_method, train_step
+from .methods import METHODS, make_method
+from .step import train_step
 from .models import build_model
 from .monitor import COMonitor
 from .trainer import TrainConfig, train

@@ -8,7 +8,7 @@
 Replaying removes the CPU cost of launching the ~1000 kernels of an exact GradAlign step
 (Python, autograd engine, dispatcher), which dominates at small batches on fast GPUs.
 
-What can be captured: methods.train_step of FGSM, FGSM-RS, N-FGSM, and GradAlign in exact
+What can be captured: step.train_step of FGSM, FGSM-RS, N-FGSM, and GradAlign in exact
 mode (also with fraction < 1: randperm is a device op) built with check_finite=False (its check
 is a host sync). Not `every` > 1: its step counter is Python state that the graph would freeze.
 The random numbers (GradAlign's noise, random starts) are drawn anew at each replay: PyTorch's
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .methods import train_step
+from .step import train_step
 
 
 def _check_capturable(method, x) -> None:
@@ -40,7 +40,7 @@ def _check_capturable(method, x) -> None:
 
 
 class CapturedStep:
-    """methods.train_step(method, model, optimizer, x, y, amp_dtype) as one CUDA graph.
+    """step.train_step(method, model, optimizer, x, y, amp_dtype) as one CUDA graph.
 
     The constructor runs `warmup` eager steps on (x, y) on a side stream (cuDNN autotuning,
     lazy state such as momentum buffers), restores the model's parameters and buffers and zeroes

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +15,8 @@ import torch.nn.functional as F
 from .. import attacks, ops
 from ..alignment import alignment_sum
 from ..attention import double_backward_attention
-from ..gradalign import GradAlignLoss, batchnorm_layers
+from ..gradalign import GradAlignLoss
+from .schedules import AdaptiveLambda
 
 
 class Method:
@@ -24,10 +24,17 @@ class Method:
 
     name = "standard"
     double_backprop = False
+    takes_lam = False  # a regulariser weight `lam` (the trainer passes config.lam)
+    uses_gradalign_loss = False  # its regulariser is GradAlignLoss (precision policies apply)
     step_scale = 1.0  # the attack's step times this (a recipe's step warm-up, in [0, 1])
 
     def __init__(self, eps: float = 0.0, bounds=attacks.BOUNDS):
         self.bounds = attacks.check_bounds(self.name, bounds)  # the input box (lo, hi)
+        self.eps = attacks.check_eps(self.name, eps, self.bounds)
+
+    def set_eps(self, eps: float) -> None:
+        """Changes eps in place (the trainer's eps warm-up); what derives from it (default
+        step sizes) follows, the method's state is kept."""
         self.eps = attacks.check_eps(self.name, eps, self.bounds)
 
     def perturb(self, model, x, y):
@@ -78,7 +85,11 @@ class FGSMRS(Method):
 
     def __init__(self, eps, alpha=None, **kw):
         super().__init__(eps, **kw)
-        self.alpha = 1.25 * self.eps if alpha is None else float(alpha)
+        self._alpha = None if alpha is None else float(alpha)
+
+    @property
+    def alpha(self) -> float:
+        return 1.25 * self.eps if self._alpha is None else self._alpha
 
     def perturb(self, model, x, y):
         return attacks.fgsm_rs(model, x, y, self.eps, self.alpha * self.step_scale,
@@ -92,8 +103,12 @@ class NFGSM(Method):
 
     def __init__(self, eps, alpha=None, noise_mult=2.0, **kw):
         super().__init__(eps, **kw)
-        self.alpha = self.eps if alpha is None else float(alpha)
+        self._alpha = None if alpha is None else float(alpha)
         self.noise_mult = float(noise_mult)
+
+    @property
+    def alpha(self) -> float:
+        return self.eps if self._alpha is None else self._alpha
 
     def perturb(self, model, x, y):
         return attacks.nfgsm(model, x, y, self.eps, self.alpha * self.step_scale,
@@ -108,7 +123,11 @@ class PGD(Method):
     def __init__(self, eps, steps=10, alpha=None, **kw):
         super().__init__(eps, **kw)
         self.steps = int(steps)
-        self.alpha = 2.5 * self.eps / self.steps if alpha is None else float(alpha)
+        self._alpha = None if alpha is None else float(alpha)
+
+    @property
+    def alpha(self) -> float:
+        return 2.5 * self.eps / self.steps if self._alpha is None else self._alpha
 
     def perturb(self, model, x, y):
         return attacks.pgd(model, x, y, self.eps, self.alpha * self.step_scale, self.steps,
@@ -121,6 +140,8 @@ class GradAlign(FGSM):
 
     name = "gradalign"
     double_backprop = True
+    takes_lam = True
+    uses_gradalign_loss = True
 
     def __init__(self, eps, lam, **kw):
         super().__init__(eps, kw.pop("bounds", attacks.BOUNDS))
@@ -137,7 +158,7 @@ class GradAlign(FGSM):
     def set_eps(self, eps: float) -> None:
         """Changes eps in place (the trainer's eps warm-up), keeping the regulariser's state
         (its `every` call counter)."""
-        self.eps = float(eps)
+        super().set_eps(eps)
         self._loss.eps = self.eps
 
     def regularizer(self, model, x, y, grad_clean):
@@ -165,11 +186,16 @@ class CURE(FGSM):
 
     name = "cure"
     double_backprop = True
+    takes_lam = True
 
     def __init__(self, eps, lam, h=None, **kw):
         super().__init__(eps, **kw)
         self.lam = float(lam)
-        self.h = self.eps if h is None else float(h)
+        self._h = None if h is None else float(h)
+
+    @property
+    def h(self) -> float:
+        return self.eps if self._h is None else self._h
 
     def regularizer(self, model, x, y, grad_clean):
         z = torch.sign(grad_clean)
@@ -185,6 +211,7 @@ class LLR(Method):
 
     name = "llr"
     double_backprop = True
+    takes_lam = True
 
     def __init__(self, eps, lam=4.0, mu=3.0, steps=2, **kw):
         super().__init__(eps, **kw)
@@ -224,74 +251,6 @@ def _check_number(owner: str, name: str, v, lo: float, hi: float = math.inf,
                          f"in {rng}, got {v!r}")
 
 
-class RunningMoments:
-    """Mean and population std (ddof=0, numpy's default) of every value added so far, in O(1)
-    state: Welford's update (a plain sum / sum of squares cancels when std << mean)."""
-
-    def __init__(self):
-        self.n, self.mean, self._m2 = 0, 0.0, 0.0
-
-    def add(self, v: float) -> None:
-        self.n += 1
-        d = v - self.mean
-        self.mean += d / self.n
-        self._m2 += d * (v - self.mean)
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self._m2 / self.n) if self.n else 0.0
-
-    def state_dict(self) -> dict:
-        return {"n": self.n, "mean": self.mean, "m2": self._m2}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.n, self.mean, self._m2 = int(state["n"]), float(state["mean"]), float(state["m2"])
-
-
-class AdaptiveLambda:
-    """lambda switched on by a risk signal s_t, ELLE-A's schedule (Rocamora et al. 2024).
-
-    update(s_t) fires when s_t is beyond the mean + k std of all EARLIER signals (the whole
-    run, as in the authors' code; needs more than 2 of them): above it for `high` (ELLE-A: a
-    large linearity error), below mean - k std otherwise (a low gradient alignment); or, with
-    `threshold` given, beyond that absolute value. A fire sets lambda = lam_max, any other
-    update multiplies it by `decay`, and a lambda below off_below * lam_max becomes 0. lambda
-    starts at 0. Plain Python floats: exact float64 arithmetic, checkpointed as they are.
-    """
-
-    def __init__(self, lam_max: float, k: float = 2.0, decay: float = 0.99, high: bool = True,
-                 threshold: float | None = None, off_below: float = 0.0):
-        self.lam_max, self.k, self.decay, self.high = lam_max, k, decay, high
-        self.threshold, self.off_below = threshold, off_below
-        self.lam = 0.0
-        self.stats = RunningMoments()
-
-    def update(self, s: float) -> bool:
-        """Applies signal s (then adds it to the history); returns whether it fired."""
-        st = self.stats
-        if self.threshold is not None:
-            fire = s > self.threshold if self.high else s < self.threshold
-        elif self.high:
-            fire = st.n > 2 and s > st.mean + self.k * st.std
-        else:
-            fire = st.n > 2 and s < st.mean - self.k * st.std
-        if fire:
-            self.lam = self.lam_max
-        else:
-            self.lam *= self.decay
-            if self.lam < self.off_below * self.lam_max:
-                self.lam = 0.0
-        st.add(s)
-        return fire
-
-    def state_dict(self) -> dict:
-        return {"lam": self.lam, **self.stats.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.lam = float(state["lam"])
-        self.stats.load_state_dict(state)
-
-
 def elle_error(model, x, y, eps: float) -> torch.Tensor:
     """ELLE's local-linearity error at x (Rocamora et al., CVPR 2024; LIONS-EPFL/ELLE,
     core/utils/train.py, the CIFAR code), differentiable in the parameters:
@@ -329,6 +288,7 @@ class ELLE(FGSM):
     """
 
     name = "elle"
+    takes_lam = True
     default_lam = 1000.0
 
     def __init__(self, eps, lam=None, **kw):
@@ -337,10 +297,6 @@ class ELLE(FGSM):
         _check_number(self.name, "lam", lam, 0.0, hi_open=True)
         self.lam = float(lam)
         self._err_sum, self._err_steps = 0.0, 0  # since the last pop_log (a tensor: no sync)
-
-    def set_eps(self, eps: float) -> None:
-        """Changes eps in place (the trainer's eps warm-up) and keeps the method's state."""
-        self.eps = float(eps)
 
     def _log_error(self, err: torch.Tensor) -> None:
         self._err_sum = self._err_sum + err.detach()
@@ -520,69 +476,3 @@ def make_method(name: str, eps: float, **kw) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
     return METHODS[name](eps, **kw)
-
-
-_BATCHNORM = weakref.WeakKeyDictionary()  # model -> whether it has a BatchNorm (read once)
-
-
-def _has_batchnorm(model) -> bool:
-    if model not in _BATCHNORM:
-        _BATCHNORM[model] = bool(batchnorm_layers(model))
-    return _BATCHNORM[model]
-
-
-def trained_parameters(optimizer) -> list:
-    """The tensors `optimizer` updates that require grad: the only leaves whose gradient a
-    training step needs. Given to backward(inputs=...), they keep autograd from also
-    differentiating the regulariser with respect to its own input leaf (GradAlign's x + eta,
-    CURE's and LLR's points: leaves that require grad for their input gradients), which it
-    otherwise does: in the double backward that is the first layers' input-side derivatives,
-    measured at 7% of an exact GradAlign step on the MNIST CNN at batch 32 (4% at 128, 2.5%
-    on PreActResNet-18), work the plain formulation does and discards."""
-    return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-
-
-def train_step(method: Method, model, optimizer, x, y, amp_dtype=None, scaler=None):
-    """One training step of `method`: perturb, loss at x + delta (+ regulariser), update.
-
-    For a model with a train-mode BatchNorm (deep convolutional nets, where activations
-    dominate memory) the training loss is backpropagated before the regulariser's forward, so
-    its activations are freed before the regulariser builds its graphs (GradAlign: the peak
-    holds one of the two, not both). Elsewhere (e.g. the MNIST CNN, whose memory is mostly
-    parameters) that split saves little and costs a second pass over the parameter gradients
-    (~2% of a step at batch 32), so loss + reg are backpropagated once, as under
-    DistributedDataParallel (which reduces gradients on every backward). The parameter
-    gradients are the same either way (the graphs are disjoint) and the forwards run in the
-    same order (BatchNorm's running statistics see the same sequence of batches).
-
-    Returns detached 0-dim tensors (no device sync): loss, reg, correct (on x + delta).
-    amp_dtype: torch.bfloat16 / torch.float16 for autocast; fp16 needs a GradScaler `scaler`.
-    """
-    model.train()
-    dev = x.device.type
-    amp = (torch.autocast(dev, dtype=amp_dtype) if amp_dtype is not None
-           else contextlib.nullcontext())
-    scaled = scaler.scale if scaler is not None else (lambda t: t)
-    split = not isinstance(model, torch.nn.parallel.DistributedDataParallel) and \
-        _has_batchnorm(model)
-    with amp:
-        delta, grad_clean = method.perturb(model, x, y)
-        logits = model(x + delta)
-        loss = F.cross_entropy(logits, y)
-    optimizer.zero_grad(set_to_none=True)
-    params = trained_parameters(optimizer)
-    if split:
-        scaled(loss).backward(inputs=params)
-    with amp:
-        reg = method.regularizer(model, x, y, grad_clean)
-    if not split:
-        scaled(loss if reg is None else loss + reg).backward(inputs=params)
-    elif reg is not None and reg.requires_grad:
-        scaled(reg).backward(inputs=params)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    return {"loss": loss.detach(), "reg": loss.detach() * 0 if reg is None else reg.detach(),
-            "correct": (logits.argmax(1) == y).sum().detach()}

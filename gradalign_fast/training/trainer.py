@@ -1,5 +1,5 @@
 """`train(TrainConfig, model=None, train_data=None, test_data=None) -> dict`: one
-adversarial-training run with methods.train_step, on a named model and dataset or on your own.
+adversarial-training run with step.train_step, on a named model and dataset or on your own.
 
 Writes to cfg.out_dir: config.json (the resolved config), metrics.jsonl (CO-monitor rows, every
 cfg.monitor_every iterations and at every epoch end), checkpoint.pt (each epoch, atomically:
@@ -28,12 +28,11 @@ from tqdm.auto import tqdm
 from .. import attacks, precision
 from . import checkpoint, distributed, evaluation, optim, recipe, rundir
 from .datasets import load_dataset, make_loader, spec, take
-from .methods import METHODS, make_method, train_step
+from .methods import METHODS, make_method
+from .step import train_step
 from .models import MODELS
 from .monitor import COMonitor, MetricsLog
 
-GRADALIGN_METHODS = ("gradalign", "gradalign_adaptive")  # methods with GradAlignLoss
-LAM_METHODS = ("gradalign", "gradalign_adaptive", "cure", "llr", "elle", "elle_a")
 CHECK_EVERY = 20  # iterations between loss checks / progress-bar updates (one device sync)
 RUN_FILES = rundir.RUN_FILES
 USER_MODEL = "user:"  # TrainConfig.model of a model passed to train(): "user:<module>.<class>"
@@ -148,9 +147,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                          f"pass your own: train(config, model=...)")
     if not (isinstance(cfg.eps, (int, float)) and 0 <= cfg.eps <= 1):
         raise ValueError(f"eps must be in [0, 1] (input units, e.g. 8/255), got {cfg.eps!r}")
-    if cfg.lam is not None and cfg.method not in LAM_METHODS:
-        raise ValueError(f"lam applies only to {LAM_METHODS}, not to {cfg.method!r}")
-    if cfg.method in ("gradalign", "gradalign_adaptive") and cfg.lam is None:
+    method_cls = METHODS[cfg.method]
+    if cfg.lam is not None and not method_cls.takes_lam:
+        takes = sorted(n for n, m in METHODS.items() if m.takes_lam)
+        raise ValueError(f"lam applies only to {takes}, not to {cfg.method!r}")
+    if method_cls.uses_gradalign_loss and cfg.lam is None:
         cfg = replace(cfg, lam=recipe.lambda_for_eps(cfg.eps * 255, r.lam_table))
     if cfg.method == "cure" and cfg.lam is None:
         raise ValueError("method 'cure' needs lam (no default: its scale depends on the data)")
@@ -160,7 +161,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         amp = precision.policy(cfg.amp)
         if amp.amp is None:  # "float32": no autocast, recorded as such
             cfg = replace(cfg, amp=None)
-        elif amp.reg_precision != "autocast" and cfg.method not in GRADALIGN_METHODS:
+        elif amp.reg_precision != "autocast" and not method_cls.uses_gradalign_loss:
             raise ValueError(f"amp policy {cfg.amp!r} sets the precision of GradAlign's pass; "
                              f"method {cfg.method!r} has none: use amp={amp.amp!r}")
     try:  # bad method options fail here, before any data is loaded
@@ -512,12 +513,12 @@ class _Run:
                 group["lr"] = lr
             if recipe.eps_at(self.it, warmup, cfg.eps) != eps_now:
                 eps_now = recipe.eps_at(self.it, warmup, cfg.eps)
-                if hasattr(self.method, "set_eps"):  # stateful (GradAlign's `every` counter)
-                    self.method.set_eps(eps_now)
-                else:
+                if self.method is None:  # made once, at the first step; its state carries on
                     self.method = make_method(cfg.method, eps_now, **_method_kwargs(cfg))
                     if self._method_state:
                         self.method.load_state_dict(self._method_state)
+                else:
+                    self.method.set_eps(eps_now)
             method = self.method
             if alpha_warmup:
                 method.set_step_scale(recipe.eps_at(self.it, alpha_warmup, 1.0))
