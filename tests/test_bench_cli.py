@@ -143,3 +143,14 @@ def test_bench_says_how_to_install_timm(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: model 'timm:resnet18' needs timm") and "pip install" in err
     assert err.count("\n") == 1
+
+
+def test_too_few_rounds_give_no_interval(capsys):
+    """--reps 1 (or 2): no interval in the rows, the table or the exact/plain line."""
+    rows = bench.run_bench(**{**TINY, "reps": 2}, steps=["gradalign", "gradalign_plain"])
+    assert all(r["ratio_lo"] is None and r["ratio_hi"] is None for r in rows)
+    table = bench.format_table(rows)
+    assert "-" in table.splitlines()[2].split() and "CI" in table.splitlines()[0]
+    assert not any(c.isdigit() and "-" in c and "." in c for c in table.split())
+    (line,) = bench.exact_vs_plain(rows)
+    assert "no interval: fewer than 3 rounds" in line and "CI" not in line

@@ -1,5 +1,6 @@
 """The study protocol: intervals, the verdict rules, and the gradient-fidelity instrument."""
 import json
+import math
 
 import pytest
 import torch
@@ -116,3 +117,12 @@ def test_seeds_are_paired_across_methods(tmp_path):
     (w1, order1), (w2, order2) = setup("fgsm_rs"), setup("gradalign")
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     assert all(torch.equal(a, b) for a, b in zip(order1, order2))
+
+
+def test_one_seed_has_no_interval():
+    """A 1-seed comparison gives no interval (it printed [+0.0, +0.0] before)."""
+    m, lo, hi = bootstrap_mean_ci([0.03])
+    assert m == 0.03 and math.isnan(lo) and math.isnan(hi)
+    rows = study.compare([_final("exact", 0, 0.4), _final("mode", 0, 0.5)], "exact")
+    table = study.markdown(rows, "exact")
+    assert "+10.0 [no interval: 1 seed]" in table and "[+10.0, +10.0]" not in table

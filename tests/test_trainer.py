@@ -237,3 +237,11 @@ def test_the_method_is_made_once_and_follows_the_eps_ramp(tmp_path, monkeypatch)
     assert run_method.alpha == pytest.approx(1.25 * 76.5 / 255)
     run_method.set_eps(0.1)
     assert run_method.alpha == pytest.approx(0.125)
+
+
+def test_the_epoch_bar_ends_at_its_last_step(tmp_path, capfd):
+    """The progress bar is drawn at its last step before it closes (it ended at 3/4)."""
+    train(TrainConfig(method="fgsm", epochs=1, out_dir=str(tmp_path),
+                      **{**TINY, "progress": True, "eval_attacks": "clean"}))
+    err = capfd.readouterr().err
+    assert "epoch 1/1" in err and "4/4" in err

@@ -504,9 +504,12 @@ class _Run:
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         n, stop, eps_now, method = 0, False, None, None
         t0 = time.perf_counter()
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+        # counted by hand: an iterating tqdm keeps its count to itself until it closes, so
+        # its last drawn state is a step or two short of the epoch
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not (cfg.progress and self.info.is_main))
-        for i, (x, y) in enumerate(bar):
+        for i, (x, y) in enumerate(self.loader):
+            bar.update()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             lr = recipe.lr_at(self.it, steps, cfg.epochs, cfg.lr_max, cfg.lr_schedule)
             for group in self.opt.param_groups:
@@ -541,7 +544,7 @@ class _Run:
                 t0 += time.perf_counter() - t_mon  # monitoring is not training time
                 if stop:
                     break
-        bar.refresh()  # the last iteration's count (tqdm redraws at most every 0.1 s)
+        bar.refresh()  # the last step's count (tqdm redraws at most every 0.1 s)
         bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
