@@ -178,7 +178,7 @@ def load(name):
         return None
 def table(head, rows):
     """Markdown table lines: header, separator, one line per row (cells formatted by str).
-    Not gradalign_fast.training.tables.md_table: the summary must be written even when the
+    Not gradalign_fast.studies.tables.md_table: the summary must be written even when the
     package failed to build or import on the GPU machine."""
     return (["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
             + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from gradalign_fast.training.monitor import MetricsLog
-from gradalign_fast.training.tables import md_table
+from gradalign_fast.studies.tables import md_table
 
 
 def read_pass(folder: Path) -> dict[str, dict]:

@@ -27,7 +27,7 @@ fi
 BEST=$(python - "$OUT" "${LAMS[@]}" <<'PYEOF'
 import json, statistics, sys
 from pathlib import Path
-from gradalign_fast.training.study import COLLAPSED, primary_attack
+from gradalign_fast.studies.study import COLLAPSED, primary_attack
 
 out, lams = Path(sys.argv[1]), sys.argv[2:]
 DIVERGED_CLEAN = 0.2  # final clean accuracy below this: a (near-)constant predictor

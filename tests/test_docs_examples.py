@@ -120,7 +120,7 @@ def test_the_toolkit_python_api_example_runs(tmp_path, monkeypatch):
 
 def test_method_examples_in_option_help_are_accepted():
     """The method specs and options that `sweep --help` and `train --help` name resolve."""
-    from gradalign_fast.training.sweep import parse_method
+    from gradalign_fast.studies.sweep import parse_method
     from gradalign_fast.training.trainer import TrainConfig, resolve
 
     def helps(name, option):

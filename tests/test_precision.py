@@ -116,7 +116,7 @@ def test_bad_precision_and_policy_names():
 def test_fidelity_measures_policies_paired_with_float32(tmp_path):
     """fidelity.measure_precision along a short exact-GradAlign run: float32 against itself
     is exactly 1 (paired draws replay the same randomness), bf16 is below 1 but close."""
-    from gradalign_fast.training import fidelity
+    from gradalign_fast.studies import fidelity
     from gradalign_fast.training.trainer import TrainConfig, train
 
     run = tmp_path / "traj"
@@ -141,7 +141,7 @@ def test_fidelity_measures_policies_paired_with_float32(tmp_path):
 def test_fidelity_fp16_gradient_scale_halves_until_finite(monkeypatch):
     """A float16 parameter gradient is loss-scaled like GradScaler's first step; a scale
     that overflows is halved (the graph kept for the retry) until the gradient is finite."""
-    from gradalign_fast.training import fidelity
+    from gradalign_fast.studies import fidelity
 
     monkeypatch.setattr(fidelity, "_FP16_SCALE", 2.0 ** 140)  # overflows float32 at once
     w = torch.nn.Parameter(torch.tensor([1.5, -2.0]))

@@ -7,8 +7,8 @@ import torch
 from scipy import stats as scipy_stats
 
 from gradalign_fast.cli import main
-from gradalign_fast.training import fidelity, study
-from gradalign_fast.training.stats import bootstrap_mean_ci, fisher_greater, wilson
+from gradalign_fast.studies import fidelity, study
+from gradalign_fast.studies.stats import bootstrap_mean_ci, fisher_greater, wilson
 
 
 def test_wilson_matches_the_closed_form_and_edges():

@@ -6,7 +6,7 @@ import pytest
 
 from gradalign_fast.cli import main
 from gradalign_fast.training.methods import GradAlign
-from gradalign_fast.training.sweep import grid, markdown_table, parse_method, parse_options, summarize
+from gradalign_fast.studies.sweep import grid, markdown_table, parse_method, parse_options, summarize
 from gradalign_fast.training.trainer import TrainConfig, resolve, train
 
 TINY = ["--n-train", "256", "--epochs", "1", "--batch-size", "64", "--n-eval", "32",
@@ -25,7 +25,7 @@ def test_parse_method_and_options():
 def test_amp_in_a_method_label_is_the_runs_precision_policy(tmp_path):
     """gradalign:amp=bf16-reg-fp32 trains that label under the policy (TrainConfig.amp), not
     as a GradAlignLoss option; labels without amp= keep the sweep's --amp."""
-    from gradalign_fast.training.sweep import _config
+    from gradalign_fast.studies.sweep import _config
 
     base = TrainConfig(amp="bf16")
     a, b = grid(["gradalign:lam=1:amp=bf16-reg-fp32", "gradalign:lam=1"], [0.1], [0])

@@ -1,6 +1,6 @@
 """The adversarial-training toolkit around GradAlignLoss: training methods (`methods`), the
 trainer and its recipes, datasets, models, checkpoints, distributed training, evaluation, the
-catastrophic-overfitting monitor and sweeps.
+catastrophic-overfitting monitor (sweeps and studies: gradalign_fast.studies).
 
     from gradalign_fast.training import TrainConfig, train, load_checkpoint
 """

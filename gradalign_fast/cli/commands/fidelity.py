@@ -1,5 +1,5 @@
 """`python -m gradalign_fast fidelity`: gradient fidelity of approximate regularisers along an
-exact-GradAlign run (see gradalign_fast.training.fidelity). Writes OUT/fidelity.json,
+exact-GradAlign run (see gradalign_fast.studies.fidelity). Writes OUT/fidelity.json,
 OUT/fidelity.md and OUT/fidelity.png.
 
     python -m gradalign_fast fidelity --run runs/traj --dataset mnist_subset --epochs 4 \\
@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ...precision import POLICIES
-from ...training import fidelity
+from ...studies import fidelity
 from ...training.trainer import train
 from .sweep import add_passthrough, passthrough_config
 from .train import add_eps_arguments, eps_from_args

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from ...training.sweep import grid, run_grid, summarize, write_tables, markdown_table
+from ...studies.sweep import grid, run_grid, summarize, write_tables, markdown_table
 from ...training.trainer import TrainConfig
 from .train import eps_from_args
 
@@ -95,7 +95,7 @@ def run(args) -> int:
     print(markdown_table(rows))
     print(f"\nwrote {csv_path} and {md_path}")
     if args.reference is not None:
-        from ...training.study import compare, markdown
+        from ...studies.study import compare, markdown
 
         table = markdown(compare(finals, args.reference), args.reference)
         (Path(args.out) / "comparison.md").write_text(table + "\n")

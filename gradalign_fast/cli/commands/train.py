@@ -7,7 +7,7 @@ from ...precision import POLICIES
 from ...training.methods import METHODS
 from ...training.optim import OPTIMIZERS
 from ...training.recipe import DEFAULT_RECIPES, RECIPES
-from ...training.sweep import parse_options
+from ...studies.sweep import parse_options
 from ...training.trainer import TrainConfig, train
 
 EPS_UNITS = ("255", "unit")

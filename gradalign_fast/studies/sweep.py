@@ -14,11 +14,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import evaluation
-from .monitor import MetricsLog
+from ..training import evaluation
+from ..training.monitor import MetricsLog
 from .study import COLLAPSED, collapsed
 from .tables import md_table
-from .trainer import RUN_FILES, TrainConfig, TrainingDiverged, train, write_json
+from ..training.trainer import RUN_FILES, TrainConfig, TrainingDiverged, train, write_json
 
 
 @dataclass(frozen=True)

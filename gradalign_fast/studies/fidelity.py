@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import precision
-from .checkpoint import load_checkpoint, read
-from .datasets import load_dataset, take
-from .methods import METHODS, Method, make_method
+from ..training.checkpoint import load_checkpoint, read
+from ..training.datasets import load_dataset, take
+from ..training.methods import METHODS, Method, make_method
 from .sweep import parse_method
 from .tables import md_table
 
