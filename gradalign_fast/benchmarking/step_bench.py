@@ -40,7 +40,7 @@ class Variant:
     text: str
     build: Callable
     block: int = 1  # steps per timed sample (k for every-k: one sample = one full cycle)
-    # in the default set; the precision policies are not (bf16 is emulated, ~8x slower, on a
+    # in the default set; the precision policies are not (bf16 is emulated, much slower, on a
     # CPU without bf16 instructions): name them in `steps` (benchmarks/gpu_check.sh does)
     default: bool = True
 
@@ -307,7 +307,7 @@ def _run(model_names, batch_sizes, device, reps, warmup, steps, amp_dtype, chann
             order, rng = list(variants), random.Random(0)
             for _ in range(reps):  # interleaved: a slow moment slows every variant
                 rng.shuffle(order)  # in a new order each round: no variant always follows
-                for v in order:     # the same one (measured: up to 5% on the MNIST CNN)
+                for v in order:     # the same one (a fixed order biases the later ones)
                     times[v.name].append(_timed(device, runs[v.name]) / v.block)
             peaks = {v.name: peak_memory(device, runs[v.name]) for v in variants}
             resident = {v.name: resident_bytes(models_[v.name], opts[v.name], x, y)
