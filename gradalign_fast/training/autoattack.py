@@ -56,7 +56,7 @@ def config(kind: str, steps: int = 0, queries: int = SQUARE_QUERIES) -> dict:
                 {"name": "apgd-ce", "iterations": steps, "restarts": 1},
                 {"name": "apgd-t", "iterations": steps, "restarts": 1, "targets": targets},
                 {"name": "fab-t", "iterations": steps, "restarts": 1, "targets": targets},
-                {"name": "square", "queries": SQUARE_QUERIES, "restarts": 1}],
+                {"name": "square", "queries": queries, "restarts": 1}],
             "chunks": rule, "implementation": _implementation()}
 
 
@@ -67,8 +67,10 @@ def _implementation() -> str:
         return "torchattacks (not installed)"
 
 
-def build(model, eps: float, n_classes: int, seed: int, steps: int):
-    """torchattacks' MultiAttack of APGD-CE, APGD-T, FAB-T and Square with `steps` iterations."""
+def build(model, eps: float, n_classes: int, seed: int, steps: int,
+          queries: int = SQUARE_QUERIES):
+    """torchattacks' MultiAttack of APGD-CE, APGD-T, FAB-T (`steps` iterations) and Square
+    (`queries`)."""
     ta = torchattacks()
     targets = min(MAX_TARGETS, n_classes - 1)
     apgdt = ta.APGDT(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed,
@@ -79,32 +81,42 @@ def build(model, eps: float, n_classes: int, seed: int, steps: int):
     return ta.MultiAttack([
         ta.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, loss="ce"),
         apgdt, fab,
-        ta.Square(model, norm="Linf", eps=eps, n_queries=SQUARE_QUERIES, n_restarts=1,
-                  seed=seed)])
+        ta.Square(model, norm="Linf", eps=eps, n_queries=queries, n_restarts=1, seed=seed)])
 
 
 def robust_fn(model, kind: str, eps: float, seed: int, steps: int = 0,
               queries: int = SQUARE_QUERIES):
-    """fn(x, y) -> bool [B]: the points (one block's survivors) an `autoattack` part with
-    `steps` iterations, or a `square` part with `queries`, does not fool."""
+    """fn(x, y) -> bool [B]: the points (one block's survivors) an `autoattack` part (`steps`
+    iterations, Square with `queries`) or a `square` part (`queries`) does not fool."""
     ta = torchattacks()
     made = {}
 
     def robust(x, y):
         if "atk" not in made:
-            made["atk"] = (build(model, eps, num_classes(model, x), seed, steps)
+            made["atk"] = (build(model, eps, num_classes(model, x), seed, steps, queries)
                            if kind == "autoattack" else
                            ta.Square(model, norm="Linf", eps=eps, n_queries=queries,
                                      n_restarts=1, seed=seed))
-        devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            x_adv = made["atk"](x, y)
-        with torch.no_grad():
-            # torchattacks' output is not trusted blindly: a point outside the eps-ball or the
-            # input box is no adversarial example, and the clean point is scored instead
-            dist = (x_adv - x).abs().flatten(1).amax(1)
-            valid = (dist <= eps * (1 + 1e-5) + 1e-7) & (x_adv.flatten(1).amin(1) >= -1e-6) & (
-                x_adv.flatten(1).amax(1) <= 1 + 1e-6)
-            return model(torch.where(valid.view(-1, *[1] * (x.dim() - 1)), x_adv, x)).argmax(1) == y
+        return run_checked(model, made["atk"], x, y, eps)
 
     return robust
+
+
+def run_checked(model, atk, x, y, eps: float) -> torch.Tensor:
+    """bool [B]: the points the torchattacks attack `atk` does not fool, its output trusted only
+    inside the eps-ball and the [0, 1] box (else the clean point is scored); the caller's global
+    RNG state is kept (torchattacks seeds it)."""
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        x_adv = atk(x, y)
+    return score(model, x, x_adv, y, eps)
+
+
+def score(model, x, x_adv, y, eps: float) -> torch.Tensor:
+    """bool [B]: model classifies x_adv correctly, x_adv counted only inside the eps-ball and
+    the [0, 1] box (else x is classified: an attack's output is not trusted blindly)."""
+    with torch.no_grad():
+        dist = (x_adv - x).abs().flatten(1).amax(1)
+        valid = (dist <= eps * (1 + 1e-5) + 1e-7) & (x_adv.flatten(1).amin(1) >= -1e-6) & (
+            x_adv.flatten(1).amax(1) <= 1 + 1e-6)
+        return model(torch.where(valid.view(-1, *[1] * (x.dim() - 1)), x_adv, x)).argmax(1) == y

@@ -103,7 +103,8 @@ def _parse_part(text: str) -> Attack:
         raise ValueError(f"unknown attack {text!r}; choose from {_CHOICES}")
     named, steps, restarts, queries = m.groups()
     if named in _AUTOATTACK_STEPS:
-        return Attack(text, "autoattack", steps=_AUTOATTACK_STEPS[named])
+        return Attack(text, "autoattack", steps=_AUTOATTACK_STEPS[named],
+                      queries=autoattack.SQUARE_QUERIES)
     if named:
         return Attack(text, named)
     if steps is not None:
