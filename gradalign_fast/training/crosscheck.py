@@ -1,11 +1,12 @@
 """The toolkit's AutoAttack (torchattacks' components, `autoattack`) beside a second
-implementation, the Adversarial Robustness Toolbox (ART): per attack and in total, on the
-points a model classifies correctly.
+implementation, the Adversarial Robustness Toolbox (ART): the robust set after each attack
+(each run on the points the ones before it left robust, as AutoAttack does) and in total.
 
 ART has no FAB; its `AutoAttack` class runs the attacks it is given untargeted (or each of them
-against every other class). The ART side here is APGD-CE and APGD-DLR (100 iterations, initial
-step 2 eps as in Croce & Hein, one random start each), Square (5000 queries, one restart) and
-ART's `AutoAttack` over those three. Both sides run in blocks of `autoattack.BLOCK` points with
+against every other class). The ART side here is ART's `AutoAttack` over APGD-CE and APGD-DLR
+(100 iterations, initial step 2 eps as in Croce & Hein, one random start each) and Square (5000
+queries, one restart), untargeted, split by the attack that fooled each point. Both sides run
+in blocks of `autoattack.BLOCK` points with
 fixed seeds (ART draws its random starts from numpy's global RNG) and score every adversarial
 example inside the eps-ball and the box only (`autoattack.score`).
 
@@ -23,7 +24,7 @@ import torch
 from . import autoattack, evaluation
 from .datasets import load_dataset, take
 
-OURS = autoattack.COMPONENTS  # run alone, then together as `autoattack`
+OURS = autoattack.COMPONENTS
 THEIRS = ("apgd-ce", "apgd-dlr", "square")
 
 
@@ -37,7 +38,8 @@ def art():
     return art
 
 
-def _art_attacks(model, x, eps: float, n_classes: int, steps: int, queries: int):
+def _art_autoattack(model, x, eps: float, n_classes: int, steps: int, queries: int):
+    """ART's AutoAttack over APGD-CE, APGD-DLR and Square, untargeted."""
     a = art()
     clf = a.estimators.classification.PyTorchClassifier(
         model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
@@ -46,57 +48,59 @@ def _art_attacks(model, x, eps: float, n_classes: int, steps: int, queries: int)
 
     def apgd(loss_type):
         return ev.AutoProjectedGradientDescent(
-            clf, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=steps,
-            targeted=False, nb_random_init=1, batch_size=autoattack.BLOCK, loss_type=loss_type,
-            verbose=False)
+            clf, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=steps, targeted=False,
+            nb_random_init=1, batch_size=autoattack.BLOCK, loss_type=loss_type, verbose=False)
 
-    parts = {"apgd-ce": apgd("cross_entropy"), "apgd-dlr": apgd("difference_logits_ratio"),
-             "square": ev.SquareAttack(clf, norm=np.inf, max_iter=queries,
-                                       eps=eps, p_init=0.8, nb_restarts=1,
-                                       batch_size=autoattack.BLOCK, verbose=False)}
-    parts["autoattack"] = ev.AutoAttack(clf, norm=np.inf, eps=eps, eps_step=2 * eps,
-                                        attacks=[parts[k] for k in THEIRS],
-                                        batch_size=autoattack.BLOCK, targeted=False)
-    return parts
-
-
-def _blocks(x, y, fn) -> torch.Tensor:
-    return torch.cat([fn(x[i:i + autoattack.BLOCK], y[i:i + autoattack.BLOCK])
-                      for i in range(0, len(y), autoattack.BLOCK)])
+    parts = [apgd("cross_entropy"), apgd("difference_logits_ratio"),
+             ev.SquareAttack(clf, norm=np.inf, max_iter=queries, eps=eps, p_init=0.8,
+                             nb_restarts=1, batch_size=autoattack.BLOCK, verbose=False)]
+    return ev.AutoAttack(clf, norm=np.inf, eps=eps, eps_step=2 * eps, attacks=parts,
+                         batch_size=autoattack.BLOCK, targeted=False)
 
 
 def robust_sets(model, x, y, eps: float, seed: int = 0,
                 steps: int = autoattack.STANDARD_ITERATIONS,
                 queries: int = autoattack.SQUARE_QUERIES) -> tuple[dict, dict]:
-    """({side/attack: bool [B] robust mask}, {side/attack: seconds}) for the torchattacks
-    components alone and together ("ours/...") and ART's ("art/..."), each run on the points
-    of x [B, ...] that model (in eval mode) classifies correctly; steps: APGD's and FAB's
-    iterations, queries: Square's (the standard configuration by default)."""
+    """({side/attacks: bool [B] robust mask}, {side/attack: seconds}): the points of x [B, ...]
+    that survive each side's attacks in order, cumulatively ("ours/apgd-ce", "ours/+apgd-t",
+    ..., "ours/autoattack": torchattacks' components, each on the survivors of the ones before
+    it, as in `autoattack`; "art/apgd-ce", "art/+apgd-dlr", "art/autoattack": ART's AutoAttack,
+    split by the attack that fooled each point); steps: APGD's and FAB's iterations, queries:
+    Square's (the standard configuration by default)."""
     model.eval()
     with torch.no_grad():
-        correct = model(x).argmax(1) == y
-    idx = correct.nonzero().squeeze(1)
-    xs, ys = x[idx], y[idx]
+        robust = model(x).argmax(1) == y
     n_classes = autoattack.num_classes(model, x)
-    runs = {f"ours/{name}": (lambda a: lambda xb, yb: autoattack.run_checked(
-        model, a, xb, yb, eps))(atk) for name, atk in zip(
-        OURS, autoattack.build(model, eps, n_classes, seed, steps, queries).attacks)}
-    runs["ours/autoattack"] = autoattack.robust_fn(model, "autoattack", eps, seed, steps,
-                                                   queries)
-    for name, atk in _art_attacks(model, x, eps, n_classes, steps, queries).items():
-        def theirs(xb, yb, atk=atk):
-            np.random.seed(seed)
-            adv = atk.generate(x=xb.numpy(), y=yb.numpy())
-            return autoattack.score(model, xb, torch.from_numpy(adv).to(xb.dtype), yb, eps)
-        runs[f"art/{name}"] = theirs
     masks, times = {}, {}
-    for key, fn in runs.items():
+    atks = autoattack.build(model, eps, n_classes, seed, steps, queries).attacks
+    for k, (name, atk) in enumerate(zip(OURS, atks)):
         t0 = time.perf_counter()
-        mask = torch.zeros(len(y), dtype=torch.bool)
-        if len(idx):
-            mask[idx] = _blocks(xs, ys, fn)
-        masks[key], times[key] = mask, time.perf_counter() - t0
+        robust = robust.clone()
+        for i in range(0, len(y), autoattack.BLOCK):  # the survivors of each block, as in `autoattack`
+            todo = i + robust[i:i + autoattack.BLOCK].nonzero().squeeze(1)
+            if len(todo):
+                robust[todo] = autoattack.run_checked(model, atk, x[todo], y[todo], eps)
+        key = "autoattack" if k == len(OURS) - 1 else ("" if k == 0 else "+") + name
+        masks[f"ours/{key}"], times[f"ours/{name}"] = robust, time.perf_counter() - t0
+    aa = _art_autoattack(model, x, eps, n_classes, steps, queries)
+    t0 = time.perf_counter()
+    blocks = [_art_block(aa, x[i:i + autoattack.BLOCK], y[i:i + autoattack.BLOCK], seed)
+              for i in range(0, len(y), autoattack.BLOCK)]
+    times["art/autoattack"] = time.perf_counter() - t0
+    adv = torch.cat([a for a, _ in blocks]).to(x.dtype)
+    masks["art/autoattack"] = autoattack.score(model, x, adv, y, eps)
+    # per point the index of the attack that fooled it; -1: none did, -2: misclassified clean
+    best = torch.cat([b for _, b in blocks])
+    for k, name in enumerate(THEIRS[:-1]):
+        masks[f"art/{'' if k == 0 else '+'}{name}"] = (best == -1) | (best > k)
     return masks, times
+
+
+def _art_block(aa, x, y, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ART's adversarial examples for one block and, per point, the attack that fooled it."""
+    np.random.seed(seed)  # ART draws its random starts from numpy's global RNG
+    adv = aa.generate(x=x.numpy(), y=y.numpy())
+    return torch.from_numpy(adv), torch.from_numpy(np.asarray(aa.best_attacks, dtype=np.int64))
 
 
 def main(argv=None) -> int:
