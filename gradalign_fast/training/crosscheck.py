@@ -76,7 +76,7 @@ def robust_sets(model, x, y, eps: float, seed: int = 0,
     for k, (name, atk) in enumerate(zip(OURS, atks)):
         t0 = time.perf_counter()
         robust = robust.clone()
-        for i in range(0, len(y), autoattack.BLOCK):  # the survivors of each block, as in `autoattack`
+        for i in range(0, len(y), autoattack.BLOCK):  # each block's survivors, as `autoattack`
             todo = i + robust[i:i + autoattack.BLOCK].nonzero().squeeze(1)
             if len(todo):
                 robust[todo] = autoattack.run_checked(model, atk, x[todo], y[todo], eps)

@@ -6,8 +6,8 @@ data with --dataset mnist --data-dir DIR) at the same eps, same seed: FGSM, FGSM
 epoch the clean / FGSM / PGD accuracy and the gradient alignment of the CO monitor, flags
 catastrophic overfitting where it happens, evaluates each with PGD-50-10 (on --n-eval points)
 and with the worst case of PGD-50-10 and the standard AutoAttack (AutoAttack on the PGD-robust
-points among the first --n-autoattack), flags possible gradient masking where PGD exceeds that worst case by
-more than 5 points, and ends with the step-time table of the bench (ratios to FGSM, measured in
+points among the first --n-autoattack), flags possible gradient masking where PGD exceeds that
+worst case by more than 5 points, and ends with the step-time table of the bench (ratios to FGSM, measured in
 one run).
 """
 from __future__ import annotations
