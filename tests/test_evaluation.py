@@ -264,6 +264,20 @@ def test_autoattack_is_the_standard_configuration(setup):
     assert "blocks of 250" in std["chunks"]
 
 
+def test_final_json_names_the_attack_configuration(tmp_path):
+    pytest.importorskip("torchattacks")
+    import json
+
+    from gradalign_fast.training.trainer import TrainConfig, train
+    train(TrainConfig(method="fgsm", epochs=1, n_train=64, batch_size=32, eval_attacks=
+                      "clean,pgd-2-1+autoattack-fast", n_eval=8, monitor_every=0,
+                      progress=False, out_dir=str(tmp_path)))
+    cfg = json.loads((tmp_path / "final.json").read_text())["attack_configs"]
+    assert cfg["pgd-2-1"]["steps"] == 2 and not cfg["autoattack-fast"]["standard"]
+    assert cfg["autoattack-fast"]["components"][1] == {
+        "name": "apgd-t", "iterations": 10, "restarts": 1, "targets": "min(9, classes - 1)"}
+
+
 def test_autoattack_leaves_the_global_rng_alone(setup):
     pytest.importorskip("torchattacks")
     model, ds = setup
