@@ -147,7 +147,7 @@ def attack_config(part: Attack, pgd_select: str = "any") -> dict:
         return {"attack": "clean"}
     if part.kind == "pgd":
         starts = ("U([-eps, eps]) per point, seeded by (seed, point index)" if pgd_select == "any"
-                  else "U([-eps, eps]) from one generator seeded by seed, per batch")
+                  else "U([-eps, eps]) from one generator seeded by seed, batch after batch")
         return {"attack": "pgd", "steps": part.steps, "restarts": part.restarts,
                 "alpha": "eps/4", "select": pgd_select, "starts": starts}
     return autoattack.config(part.kind, part.steps, part.queries)
