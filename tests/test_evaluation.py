@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from gradalign_fast.testing import authors_reference as reference
-from gradalign_fast.training import evaluation
+from gradalign_fast.training import autoattack, evaluation
 from gradalign_fast.training.monitor import COMonitor, MetricsLog
 
 
@@ -137,7 +137,7 @@ def test_worst_case_runs_the_second_attack_only_on_survivors(setup, monkeypatch)
 
     def spy(model, part, *a):
         fn = robust_fn(model, part, *a)
-        return lambda x, y: (seen.append((part.name, len(y))), fn(x, y))[1]
+        return lambda x, y, index: (seen.append((part.name, len(y))), fn(x, y, index))[1]
 
     monkeypatch.setattr(evaluation, "_robust_fn", spy)
     out = evaluation.evaluate(model, ds, 0.1, "pgd-5-2,pgd-5-2+pgd-4-1", n=None,
@@ -196,6 +196,97 @@ def test_autoattack_and_square_accuracy(setup):
                                                        "pgd-20-2+autoattack"]
 
 
+def _robust_set(model, ds, eps, spec, batch_size, seed=0):
+    (s,) = evaluation.parse_attacks(spec)
+    masks = evaluation._Masks(model, ds, eps, batch_size, None, seed, False, "any")
+    return masks.get(s.parts, len(ds))
+
+
+def test_pgd_robust_sets_do_not_depend_on_the_batch_size(setup):
+    """The same points, model and seed give the same robust set in batches of 7 and of 40: PGD's
+    starts are per point, and a chain's survivors are matched to their points in every batch."""
+    model, ds = setup
+    clean = _robust_set(model, ds, 0.1, "clean", 40)
+    for spec in ("pgd-5-2", "pgd-5-2+pgd-4-1", "pgd-2-1+pgd-6-3"):
+        small, large = (_robust_set(model, ds, 0.1, spec, b) for b in (7, 40))
+        assert torch.equal(small, large), spec
+        assert 0 < small.sum() < clean.sum() and not (small & ~clean).any()
+
+
+def test_autoattack_robust_sets_do_not_depend_on_the_batch_size(setup):
+    """AutoAttack and Square run on fixed blocks of points: batches of 3 and of 40 (AutoAttack
+    given 1-3 PGD survivors per batch before the fix) give the same robust set."""
+    pytest.importorskip("torchattacks")
+    model, ds = setup
+    for spec in ("pgd-2-1+autoattack-fast", "square-100"):
+        small, large = (_robust_set(model, ds, 0.08, spec, b) for b in (3, 40))
+        assert torch.equal(small, large), spec
+        assert 0 < small.sum() < 30
+
+
+def test_a_blocked_mask_is_reused_for_fewer_points_only_on_a_block_boundary(setup, monkeypatch):
+    monkeypatch.setattr(autoattack, "BLOCK", 8)
+    model, ds = setup
+    calls = []
+    monkeypatch.setattr(evaluation, "_torchattacks_fn", lambda *a: lambda x, y: (
+        calls.append(len(y)), torch.ones(len(y), dtype=torch.bool))[1])
+    (s,) = evaluation.parse_attacks("square")
+    masks = evaluation._Masks(model, ds, 0.1, 40, None, 0, False, "any")
+    masks.get(s.parts, 40)
+    masks.get(s.parts, 16)  # blocks 0-7, 8-15: reused
+    assert calls == [8] * 5
+    masks.get(s.parts, 20)  # the block 16-19 differs from 16-23: recomputed
+    assert calls == [8] * 5 + [8, 8, 4]
+
+
+def test_autoattack_is_the_standard_configuration(setup):
+    ta = pytest.importorskip("torchattacks")
+    model, ds = setup
+    atk = autoattack.build(model, 0.1, 10, 0, autoattack.STANDARD_ITERATIONS)
+    apgd, apgdt, fab, square = atk.attacks
+    assert [type(a) for a in atk.attacks] == [ta.APGD, ta.APGDT, ta.FAB, ta.Square]
+    assert apgd.steps == apgdt.steps == fab.steps == 100 and apgd.loss == "ce"
+    assert apgdt.n_target_classes == fab.n_target_classes == 9 and fab.multi_targeted
+    assert square.n_queries == 5000
+    assert {a.n_restarts for a in atk.attacks} == {1}
+    assert autoattack.build(model, 0.1, 100, 0, 10).attacks[1].n_target_classes == 9
+    out = evaluation.evaluate(model, ds, 0.05, "clean,pgd-3-2+autoattack-fast", n=8,
+                              progress=False)
+    cfg = out["attack_configs"]
+    assert cfg["pgd-3-2"]["restarts"] == 2 and cfg["clean"] == {"attack": "clean"}
+    fast = cfg["autoattack-fast"]
+    assert not fast["standard"] and [c["name"] for c in fast["components"]] == [
+        "apgd-ce", "apgd-t", "fab-t", "square"]
+    assert fast["components"][0]["iterations"] == 10 and fast["components"][3]["queries"] == 5000
+    std = evaluation.attack_config(evaluation.parse_attacks("autoattack")[0].parts[0])
+    assert std["standard"] and std["components"][2] == {
+        "name": "fab-t", "iterations": 100, "restarts": 1, "targets": "min(9, classes - 1)"}
+    assert "blocks of 250" in std["chunks"]
+
+
+def test_final_json_names_the_attack_configuration(tmp_path):
+    pytest.importorskip("torchattacks")
+    import json
+
+    from gradalign_fast.training.trainer import TrainConfig, train
+    train(TrainConfig(method="fgsm", epochs=1, n_train=64, batch_size=32, eval_attacks=
+                      "clean,pgd-2-1+autoattack-fast", n_eval=8, monitor_every=0,
+                      progress=False, out_dir=str(tmp_path)))
+    cfg = json.loads((tmp_path / "final.json").read_text())["attack_configs"]
+    assert cfg["pgd-2-1"]["steps"] == 2 and not cfg["autoattack-fast"]["standard"]
+    assert cfg["autoattack-fast"]["components"][1] == {
+        "name": "apgd-t", "iterations": 10, "restarts": 1, "targets": "min(9, classes - 1)"}
+
+
+def test_autoattack_leaves_the_global_rng_alone(setup):
+    pytest.importorskip("torchattacks")
+    model, ds = setup
+    fn = autoattack.robust_fn(model.eval(), "autoattack", 0.05, 0, steps=2)
+    state = torch.get_rng_state()
+    assert fn(ds.x[:8], ds.y[:8]).dtype == torch.bool  # torchattacks seeds the global RNG
+    assert torch.equal(state, torch.get_rng_state())
+
+
 # ---------------------------------------------------------------- CO monitor
 def test_monitor_measures_deterministically_without_touching_the_rng(setup):
     model, ds = setup
@@ -238,15 +329,12 @@ def test_an_out_of_ball_adversarial_example_is_no_certificate(monkeypatch):
     """AutoAttack's output counts as fooling a point only inside the eps-ball and the box."""
     import types
 
-    class Wild:  # returns points far outside the eps-ball
-        def __init__(self, model, **kw):
-            pass
+    def wild(x, y):  # points far outside the eps-ball
+        return (x + 0.5).clamp(0, 1)
 
-        def __call__(self, x, y):
-            return (x + 0.5).clamp(0, 1)
-
-    monkeypatch.setattr(evaluation, "torchattacks",
-                        lambda: types.SimpleNamespace(AutoAttack=Wild, Square=Wild))
+    monkeypatch.setattr(autoattack, "torchattacks",
+                        lambda: types.SimpleNamespace(__version__="stub"))
+    monkeypatch.setattr(autoattack, "build", lambda *a: wild)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
     x, y = torch.rand(32, 1, 4, 4) * 0.5, torch.randint(0, 4, (32,))

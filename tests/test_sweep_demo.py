@@ -134,8 +134,8 @@ def test_demo_runs_and_flags(tmp_path, capsys):
     assert "PGD-50-10" in out and "PGD+AA (first 16)" in out and "masking?" in out
     assert (tmp_path / "fig_a.png").exists()
     final = json.loads((tmp_path / "gradalign" / "final.json").read_text())
-    assert set(final["accuracy"]) == {"clean", "pgd-50-10", "pgd-50-10+autoattack@500"}
-    assert final["eval_points"]["pgd-50-10+autoattack@500"] == 16
+    assert set(final["accuracy"]) == {"clean", "pgd-50-10", "pgd-50-10+autoattack@100"}
+    assert final["eval_points"]["pgd-50-10+autoattack@100"] == 16
     assert main(["demo", "--eps", "0.3", "--out", str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith("error: --eps 0.3 looks like [0, 1] units")
 

@@ -1,11 +1,12 @@
 """Accuracy of a model under attack: clean, L-inf PGD with restarts (PGD-50-10 by default, the
-paper's evaluation), AutoAttack (standard) and the gradient-free Square attack (both through the
-optional `torchattacks` package), and worst cases over several attacks.
+paper's evaluation), AutoAttack and the gradient-free Square attack (both through the optional
+`torchattacks` package, see `autoattack`), and worst cases over several attacks.
 
 Attack specs (`parse_attacks`), comma-separated:
 
-* `clean`; `pgd-STEPS-RESTARTS` (e.g. `pgd-50-10`); `autoattack`; `square` (5000 queries, as in
-  AutoAttack) or `square-QUERIES`;
+* `clean`; `pgd-STEPS-RESTARTS` (e.g. `pgd-50-10`); `autoattack` (the standard version: APGD-CE,
+  APGD-T, FAB-T with 100 iterations, Square with 5000 queries); `autoattack-fast` (10
+  iterations); `square` (5000 queries, as in AutoAttack) or `square-QUERIES`;
 * `A+B+...`: the worst case, each attack run only on the points the ones before it left
   robust (e.g. `pgd-50-10+autoattack`: AutoAttack on the PGD-robust points only);
 * a suffix `@N`: on the first N of the evaluated points only (e.g. `pgd-50-10+autoattack@500`).
@@ -13,7 +14,11 @@ Attack specs (`parse_attacks`), comma-separated:
 PGD counts a point robust only if it is classified correctly at x and at every iterate of every
 restart (the standard worst case); the restarts of a batch run as one batch, and a point stops
 being attacked once any restart fooled it. `pgd_select="max_loss"` gives instead the authors'
-attack_pgd: per point the final delta of the restart of highest loss, classified once.
+attack_pgd: per point the final delta of the restart of highest loss, classified once (its
+starts come from one generator per evaluation, so they depend on the batches). The default PGD
+draws each point's starts from a generator seeded with (seed, the point's index), so its robust
+set does not depend on the batch size; AutoAttack and Square run on fixed blocks of points
+(`autoattack.BLOCK`) for the same reason. `evaluate` reports each attack's configuration.
 
 When a gradient-free or AutoAttack spec exists next to PGD and PGD's accuracy on the same points
 exceeds it by more than MASKING_GAP, `evaluate` flags possible gradient masking (`"masking"`).
@@ -33,20 +38,25 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import attacks, ops
+from . import autoattack
+from .autoattack import torchattacks  # noqa: F401  (the trainer checks the install with it)
 from .datasets import first, make_loader
 
 DEFAULT_ATTACKS = ("clean", "pgd-50-10")
 PGD_SELECT = ("any", "max_loss")
 MASKING_GAP = 0.05  # PGD accuracy this much above AutoAttack/Square's: possible gradient masking
-SQUARE_QUERIES = 5000
-_PART = re.compile(r"^(?:(clean|autoattack)|pgd-(\d+)-(\d+)|square(?:-(\d+))?)$")
-_CHOICES = ("clean, pgd-STEPS-RESTARTS (e.g. pgd-50-10), autoattack, square[-QUERIES]; "
-            "A+B for the worst case, @N for the first N points")
+_PART = re.compile(r"^(?:(clean|autoattack|autoattack-fast)|pgd-(\d+)-(\d+)|square(?:-(\d+))?)$")
+_CHOICES = ("clean, pgd-STEPS-RESTARTS (e.g. pgd-50-10), autoattack, autoattack-fast, "
+            "square[-QUERIES]; A+B for the worst case, @N for the first N points")
+_AUTOATTACK_STEPS = {"autoattack": autoattack.STANDARD_ITERATIONS,
+                     "autoattack-fast": autoattack.FAST_ITERATIONS}
+_BLOCKED = ("autoattack", "square")  # kinds run on fixed blocks of points (autoattack.BLOCK)
 
 
 @dataclass(frozen=True)
 class Attack:
-    """One attack of a spec: kind (clean | pgd | autoattack | square) and its counts."""
+    """One attack of a spec: kind (clean | pgd | autoattack | square) and its counts (steps:
+    PGD's or AutoAttack's iterations)."""
 
     name: str
     kind: str
@@ -92,6 +102,9 @@ def _parse_part(text: str) -> Attack:
     if not m:
         raise ValueError(f"unknown attack {text!r}; choose from {_CHOICES}")
     named, steps, restarts, queries = m.groups()
+    if named in _AUTOATTACK_STEPS:
+        return Attack(text, "autoattack", steps=_AUTOATTACK_STEPS[named],
+                      queries=autoattack.SQUARE_QUERIES)
     if named:
         return Attack(text, named)
     if steps is not None:
@@ -101,7 +114,7 @@ def _parse_part(text: str) -> Attack:
                              f"(pgd-STEPS-RESTARTS, e.g. pgd-50-10), got {steps} steps and "
                              f"{restarts} restarts")
         return Attack(text, "pgd", steps=steps, restarts=restarts)
-    queries = SQUARE_QUERIES if queries is None else int(queries)
+    queries = autoattack.SQUARE_QUERIES if queries is None else int(queries)
     if queries < 1:
         raise ValueError(f"attack {text!r}: Square needs at least 1 query")
     return Attack(text, "square", queries=queries)
@@ -125,16 +138,19 @@ def parse_attacks(spec) -> tuple[AttackSpec, ...]:
 
 
 def needs_torchattacks(specs) -> bool:
-    return any(p.kind in ("autoattack", "square") for s in specs for p in s.parts)
+    return any(p.kind in _BLOCKED for s in specs for p in s.parts)
 
 
-def torchattacks():
-    try:
-        import torchattacks
-    except ImportError as e:
-        raise ImportError("the autoattack and square evaluations need the optional package "
-                          "torchattacks: pip install --no-deps torchattacks") from e
-    return torchattacks
+def attack_config(part: Attack, pgd_select: str = "any") -> dict:
+    """What one part of a spec runs (iterations, restarts, targets, queries, chunk rule)."""
+    if part.kind == "clean":
+        return {"attack": "clean"}
+    if part.kind == "pgd":
+        starts = ("U([-eps, eps]) per point, seeded by (seed, point index)" if pgd_select == "any"
+                  else "U([-eps, eps]) from one generator seeded by seed, batch after batch")
+        return {"attack": "pgd", "steps": part.steps, "restarts": part.restarts,
+                "alpha": "eps/4", "select": pgd_select, "starts": starts}
+    return autoattack.config(part.kind, part.steps, part.queries)
 
 
 # ---------------------------------------------------------------- per-batch attacks
@@ -168,12 +184,27 @@ def pgd_robust(model, x, y, eps: float, alpha: float, steps: int, restarts: int 
     return robust
 
 
-def _pgd_fn(model, part: Attack, eps: float, select: str, gen):
+def point_starts(x, index, eps: float, restarts: int, seed: int) -> torch.Tensor:
+    """PGD's random starts [restarts * B, ...] (restart-major) for the points x [B, ...] of
+    dataset indices `index` [B]: per point U([-eps, eps]) from a generator seeded with
+    (seed, index), clipped to the [0, 1] box; the same for a point whatever its batch."""
+    per_point = [torch.empty((restarts, *x.shape[1:]), dtype=x.dtype).uniform_(
+        -eps, eps, generator=torch.Generator().manual_seed((seed << 32) + int(i)))
+        for i in index]
+    d = torch.stack(per_point, 1).flatten(0, 1).to(x.device)  # [restarts * B, ...]
+    xr = x.repeat(restarts, *([1] * (x.dim() - 1)))
+    return (xr + d).clamp(0, 1) - xr
+
+
+def _pgd_fn(model, part: Attack, eps: float, select: str, seed: int, device):
     alpha = eps / 4
     if select == "any":
-        return lambda x, y: pgd_robust(model, x, y, eps, alpha, part.steps, part.restarts, gen)
+        return lambda x, y, index: pgd_robust(
+            model, x, y, eps, alpha, part.steps, part.restarts,
+            init=point_starts(x, index, eps, part.restarts, seed))
+    gen = torch.Generator(device).manual_seed(seed)
 
-    def max_loss(x, y):
+    def max_loss(x, y, index):
         delta = attacks.pgd(model, x, y, eps, alpha, part.steps, part.restarts, generator=gen)
         with torch.no_grad():
             return model(x + delta).argmax(1) == y
@@ -181,53 +212,29 @@ def _pgd_fn(model, part: Attack, eps: float, select: str, gen):
     return max_loss
 
 
-def _num_classes(model, x) -> int:
-    with torch.no_grad():
-        n_classes = model(x[:1]).shape[1]
-    if n_classes < 4:  # AutoAttack's targeted DLR loss reads the 4 largest logits
-        raise ValueError(f"AutoAttack (standard) needs at least 4 classes, got {n_classes}")
-    return n_classes
-
-
 def _torchattacks_fn(model, part: Attack, eps: float, seed: int):
-    """Per-batch robust mask of torchattacks' AutoAttack (standard, L-inf) or Square."""
-    ta = torchattacks()
-    made = {}
-
-    def robust(x, y):
-        if "atk" not in made:
-            made["atk"] = (ta.AutoAttack(model, norm="Linf", eps=eps, version="standard",
-                                         n_classes=_num_classes(model, x), seed=seed)
-                           if part.kind == "autoattack" else
-                           ta.Square(model, norm="Linf", eps=eps, n_queries=part.queries,
-                                     n_restarts=1, seed=seed))
-        x_adv = made["atk"](x, y)
-        with torch.no_grad():
-            # torchattacks' output is not trusted blindly: a point outside the eps-ball or the
-            # input box is no adversarial example, and the clean point is scored instead
-            dist = (x_adv - x).abs().flatten(1).amax(1)
-            valid = (dist <= eps * (1 + 1e-5) + 1e-7) & (x_adv.flatten(1).amin(1) >= -1e-6) & (
-                x_adv.flatten(1).amax(1) <= 1 + 1e-6)
-            return model(torch.where(valid.view(-1, *[1] * (x.dim() - 1)), x_adv, x)).argmax(1) == y
-
-    return robust
+    """fn(x, y) -> bool [B]: one block's robust mask under AutoAttack or Square."""
+    return autoattack.robust_fn(model, part.kind, eps, seed, part.steps, part.queries)
 
 
 def _robust_fn(model, part: Attack, eps: float, seed: int, select: str, device):
-    """fn(x, y) -> bool [B] mask of the points `part` does not fool."""
+    """fn(x, y, index) -> bool [B] mask of the points `part` does not fool (index: the points'
+    positions in the evaluated dataset)."""
     if part.kind == "clean":
-        def clean(x, y):
+        def clean(x, y, index):
             with torch.no_grad():
                 return model(x).argmax(1) == y
         return clean
     if part.kind == "pgd":
-        return _pgd_fn(model, part, eps, select, torch.Generator(device).manual_seed(seed))
-    return _torchattacks_fn(model, part, eps, seed)
+        return _pgd_fn(model, part, eps, select, seed, device)
+    fn = _torchattacks_fn(model, part, eps, seed)
+    return lambda x, y, index: fn(x, y)
 
 
 # ---------------------------------------------------------------- over a dataset
 def _mask(model, dataset, robust_fn, alive, batch_size, device, desc, progress):
-    """bool [len(dataset)]: alive & robust_fn, robust_fn run only on the alive points."""
+    """bool [len(dataset)]: alive & robust_fn, robust_fn run only on the alive points of each
+    batch of `batch_size` consecutive points."""
     dev = _device(model, device)
     out = torch.zeros(len(dataset), dtype=torch.bool)
     start = 0
@@ -236,9 +243,9 @@ def _mask(model, dataset, robust_fn, alive, batch_size, device, desc, progress):
                          leave=False):
             todo = alive[start:start + len(y)].nonzero().squeeze(1)
             if len(todo):
-                x, y = x[todo].to(dev), y[todo].to(dev)
-                attacks.check_inputs("evaluation", model, x, y)
-                out[start + todo] = robust_fn(x, y).cpu()
+                xa, ya = x[todo].to(dev), y[todo].to(dev)
+                attacks.check_inputs("evaluation", model, xa, ya)
+                out[start + todo] = robust_fn(xa, ya, start + todo).cpu()
             start += len(y)
     return out
 
@@ -255,13 +262,16 @@ class _Masks:
 
     def get(self, parts: tuple[Attack, ...], n: int) -> torch.Tensor:
         known = self.done.get(parts)
-        if known is not None and len(known) >= n:
+        blocked = any(p.kind in _BLOCKED for p in parts)
+        if known is not None and (len(known) == n or len(known) > n and (
+                not blocked or n % autoattack.BLOCK == 0)):  # the same blocks: the same mask
             return known[:n]
         alive = self.get(parts[:-1], n) if len(parts) > 1 else torch.ones(n, dtype=torch.bool)
         part = parts[-1]
         fn = _robust_fn(self.model, part, self.eps, self.seed, self.pgd_select,
                         _device(self.model, self.device))
-        mask = _mask(self.model, first(self.dataset, n), fn, alive, self.batch_size,
+        batch = autoattack.BLOCK if part.kind in _BLOCKED else self.batch_size
+        mask = _mask(self.model, first(self.dataset, n), fn, alive, batch,
                      self.device, "+".join(p.name for p in parts), self.progress)
         self.done[parts] = mask
         return mask
@@ -273,7 +283,7 @@ def _masking(specs, masks: _Masks, n_points: int) -> list[dict]:
     pgd_specs = [s.parts for s in specs if len(s.parts) == 1 and s.parts[0].kind == "pgd"]
     out = []
     for s in specs:
-        if not any(p.kind in ("autoattack", "square") for p in s.parts):
+        if not any(p.kind in _BLOCKED for p in s.parts):
             continue
         ref = s.parts[:1] if s.parts[0].kind == "pgd" else (pgd_specs or [None])[0]
         if ref is None:
@@ -298,8 +308,9 @@ def evaluate(model, dataset, eps: float, attacks=DEFAULT_ATTACKS, n: int | None 
              batch_size: int = 256, device=None, seed: int = 0, progress: bool = True,
              pgd_select: str = "any") -> dict:
     """Accuracy under each attack spec: {"clean": acc, "pgd-50-10": acc, ..., "n": points,
-    "points": {spec: points}, "time_s": {spec: seconds}, "masking": [checks]}. Clean accuracy is
-    on the same n points; a spec with @N on the first min(N, n)."""
+    "points": {spec: points}, "time_s": {spec: seconds}, "masking": [checks],
+    "attack_configs": {attack: what it runs}}. Clean accuracy is on the same n points; a spec
+    with @N on the first min(N, n)."""
     _check_eps(eps)
     if pgd_select not in PGD_SELECT:
         raise ValueError(f"pgd_select must be one of {PGD_SELECT}, got {pgd_select!r}")
@@ -312,7 +323,9 @@ def evaluate(model, dataset, eps: float, attacks=DEFAULT_ATTACKS, n: int | None 
         points[s.name] = min(s.n or len(ds), len(ds))
         out[s.name] = masks.get(s.parts, points[s.name]).float().mean().item()
         times[s.name] = time.perf_counter() - t0
-    out.update(points=points, time_s=times, masking=_masking(specs, masks, len(ds)))
+    configs = {p.name: attack_config(p, pgd_select) for s in specs for p in s.parts}
+    out.update(points=points, time_s=times, masking=_masking(specs, masks, len(ds)),
+               attack_configs=configs)
     return out
 
 
@@ -335,6 +348,6 @@ def pgd_accuracy(model, dataset, eps: float, n: int | None = 1000, steps: int = 
 def autoattack_accuracy(model, dataset, eps: float, n: int | None = 1000,
                         batch_size: int = 256, device=None, seed: int = 0,
                         progress: bool = True) -> float:
-    """Accuracy under AutoAttack (standard version, L-inf) of the `torchattacks` package."""
+    """Accuracy under the standard L-inf AutoAttack (`autoattack`, from torchattacks)."""
     return evaluate(model, dataset, eps, "autoattack", n, batch_size, device, seed,
                     progress)["autoattack"]

@@ -25,9 +25,10 @@ def add_arguments(parser) -> None:
     a = parser.add_argument
     a("--checkpoint", required=True, help="a run's checkpoint.pt (final model) or best.pt")
     a("--attacks", default="clean,pgd-50-10",
-      help="comma-separated: clean, pgd-STEPS-RESTARTS (e.g. pgd-50-10), autoattack, "
-           "square[-QUERIES] (gradient-free); A+B: worst case, B only on the points A left "
-           "robust (e.g. pgd-50-10+autoattack); @N: on the first N points")
+      help="comma-separated: clean, pgd-STEPS-RESTARTS (e.g. pgd-50-10), autoattack (the "
+           "standard version), autoattack-fast (10 iterations), square[-QUERIES] "
+           "(gradient-free); A+B: worst case, B only on the points A left robust (e.g. "
+           "pgd-50-10+autoattack); @N: on the first N points")
     a("--n", type=int, default=1000, help="evaluate on the first N test points")
     a("--full", action="store_true", help="evaluate on the whole test set")
     add_eps_arguments(parser, "the checkpoint's training eps")
