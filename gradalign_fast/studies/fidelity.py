@@ -185,41 +185,57 @@ def markdown(result: dict) -> str:
         for s in summary(result["rows"])])
 
 
-def plot(result: dict, path, co_iteration: int | None = None) -> None:
-    """cos and norm ratio per snapshot, one line per mode (PNG)."""
+def _plot_panels(rows: list[dict], group: str, panels, path, suptitle: str | None = None,
+                 extra=None) -> None:
+    """One panel per (title, value(row), yscale kwargs) of `panels`, one line per value of
+    row[group] over the snapshots' iterations; extra(axes) adds what one report needs (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for mode in dict.fromkeys(r["mode"] for r in result["rows"]):
-        rs = [r for r in result["rows"] if r["mode"] == mode]
-        its = [r["iteration"] for r in rs]
-        style = dict(marker="o", ms=3, label=mode + (" (noise floor)" if mode == EXACT else ""))
-        axes[0].plot(its, [r["cos"] for r in rs], **style)
-        axes[1].plot(its, [r["norm_ratio"] for r in rs], **style)
-        axes[2].plot(its, [r["rel_bias"] for r in rs], **style)
-    titles = ("cos(mean mode grad, mean exact grad)", "|mean mode grad| / |mean exact grad|",
-              "relative bias, Monte Carlo noise removed")
-    for ax, name in zip(axes, titles):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 0.5, 4))
+    for name in dict.fromkeys(r[group] for r in rows):
+        rs = [r for r in rows if r[group] == name]
+        label = name + (" (noise floor)" if group == "mode" and name == EXACT else "")
+        for ax, (_, value, _) in zip(axes, panels):
+            ax.plot([r["iteration"] for r in rs], [value(r) for r in rs], marker="o", ms=3,
+                    label=label)
+    for ax, (title, _, scale) in zip(axes, panels):
         ax.set_xlabel("iteration of the exact-GradAlign run")
-        ax.set_title(name)
+        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-        if co_iteration is not None:
-            ax.axvline(co_iteration, color="red", ls="--", lw=1, label="FGSM's CO")
-    axes[1].axhline(1.0, color="gray", lw=0.8)
-    # a different regulariser can be off by orders of magnitude: log scales keep 1 and 0 readable
-    axes[1].set_yscale("log")
-    axes[2].set_yscale("symlog", linthresh=0.1)
+        if scale:
+            ax.set_yscale(**scale)
+    if extra is not None:
+        extra(axes)
     axes[0].legend(fontsize=7)
-    cfg = result["config"]
-    fig.suptitle(f"Gradient fidelity along exact GradAlign ({cfg['dataset']}, {cfg['model']}, "
-                 f"eps {cfg['eps'] * 255:g}/255, lambda {cfg['lam']:g}; "
-                 f"{result['draws']} draws, reference {result['ref_draws']})", fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot(result: dict, path, co_iteration: int | None = None) -> None:
+    """Per snapshot and mode: cos and norm ratio of the mean gradients, and the relative bias
+    with the Monte Carlo noise removed (PNG)."""
+    def extra(axes):
+        axes[1].axhline(1.0, color="gray", lw=0.8)
+        if co_iteration is not None:
+            for ax in axes:
+                ax.axvline(co_iteration, color="red", ls="--", lw=1, label="FGSM's CO")
+
+    cfg = result["config"]
+    # a different regulariser can be off by orders of magnitude: log scales keep 1 and 0 readable
+    _plot_panels(result["rows"], "mode", [
+        ("cos(mean mode grad, mean exact grad)", lambda r: r["cos"], None),
+        ("|mean mode grad| / |mean exact grad|", lambda r: r["norm_ratio"], {"value": "log"}),
+        ("relative bias, Monte Carlo noise removed", lambda r: r["rel_bias"],
+         {"value": "symlog", "linthresh": 0.1})], path,
+        f"Gradient fidelity along exact GradAlign ({cfg['dataset']}, {cfg['model']}, "
+        f"eps {cfg['eps'] * 255:g}/255, lambda {cfg['lam']:g}; "
+        f"{result['draws']} draws, reference {result['ref_draws']})", extra)
 
 
 # float16 parameter gradients are scaled like torch.amp.GradScaler's first step (2**16), halved
@@ -342,26 +358,16 @@ def precision_markdown(result: dict) -> str:
 
 def precision_plot(result: dict, path) -> None:
     """Regulariser and training-loss gradient cosine to float32 per snapshot (PNG)."""
-    import matplotlib
+    rows = result["rows"]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def extra(axes):
+        rs = [r for r in rows if r["policy"] == "float32"]
+        axes[0].plot([r["iteration"] for r in rs], [1 - r["noise_cos"] for r in rs], "k--",
+                     lw=1, label="two float32 draws (eta's own randomness)")
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name in dict.fromkeys(r["policy"] for r in result["rows"]):
-        rs = [r for r in result["rows"] if r["policy"] == name]
-        its = [r["iteration"] for r in rs]
-        axes[0].plot(its, [1 - r["reg_cos"] for r in rs], marker="o", ms=3, label=name)
-        axes[1].plot(its, [1 - r["loss_cos"] for r in rs], marker="o", ms=3, label=name)
-    rs = [r for r in result["rows"] if r["policy"] == "float32"]
-    axes[0].plot([r["iteration"] for r in rs], [1 - r["noise_cos"] for r in rs], "k--", lw=1,
-                 label="two float32 draws (eta's own randomness)")
-    for ax, what in zip(axes, ("GradAlign regulariser", "training loss at x + delta")):
-        ax.set_yscale("symlog", linthresh=1e-4)
-        ax.set_xlabel("iteration of the exact-GradAlign run")
-        ax.set_title(f"1 - cos(policy, float32): {what}'s parameter gradient", fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    scale = {"value": "symlog", "linthresh": 1e-4}
+    _plot_panels(rows, "policy", [
+        ("1 - cos(policy, float32): GradAlign regulariser's parameter gradient",
+         lambda r: 1 - r["reg_cos"], scale),
+        ("1 - cos(policy, float32): training loss at x + delta's parameter gradient",
+         lambda r: 1 - r["loss_cos"], scale)], path, extra=extra)
