@@ -1,5 +1,5 @@
 """The package stands alone: the wheel, installed in a fresh virtual environment and run from a
-directory outside the source tree, runs `demo`, `bench` (the default step set, the plain
+directory outside the source tree, runs `demo`, `eval`, `bench` (the default step set, the plain
 GradAlign baseline included) and `profile`, and writes only under the current directory:
 nothing into the installed package, nothing into the checkout."""
 import os
@@ -67,6 +67,9 @@ def test_the_installed_wheel_runs_demo_bench_and_profile_from_elsewhere(venv):
                       "--n-autoattack", "10", "--no-bench", "--out", "runs/wheel-demo"], work,
                 env)
     assert "gradalign" in demo.stdout and (work / "runs" / "wheel-demo" / "fig_a.png").is_file()
+    _run(gf + ["eval", "--checkpoint", "runs/wheel-demo/fgsm/checkpoint.pt", "--n", "20",
+               "--attacks", "clean,pgd-5-1", "--out", "eval.json"], work, env)
+    assert (work / "eval.json").is_file()
     bench = _run(gf + ["bench", "--model", "mnist_cnn", "--batch-sizes", "4", "--reps", "1",
                        "--warmup", "0", "--out"], work, env)
     assert "plain PyTorch" in bench.stdout  # the baseline ships with the package
