@@ -163,13 +163,17 @@ def test_gradalign_loss_matches_the_authors_or_refuses(data):
     reuse = data.draw(st.booleans())
     grad_clean = authors_reference.input_grad(model, x, y) if reuse and torch.isfinite(x).all() \
         else None
+    box = (-1.0, 2.0)  # the drawn inputs' box: the regulariser's own bounds
     if not torch.isfinite(x).all():
         with pytest.raises(ValueError, match="GradAlignLoss: `x` contains NaN or inf"):
-            GradAlignLoss(eps, lam)(model, x, y, noise=noise)
+            GradAlignLoss(eps, lam, bounds=box)(model, x, y, noise=noise)
         return
+    if x.min() < 0 or x.max() > 1:  # outside the default [0, 1] box: refused, never clamped
+        with pytest.raises(ValueError, match=r"outside bounds=\(0, 1\)"):
+            GradAlignLoss(eps, lam)(model, x, y, noise=noise)
     import copy
     twin = copy.deepcopy(model)
-    got = GradAlignLoss(eps, lam)(model, x, y, grad_clean=grad_clean, noise=noise)
+    got = GradAlignLoss(eps, lam, bounds=box)(model, x, y, grad_clean=grad_clean, noise=noise)
     want = authors_reference.gradalign_regularizer(twin, x.contiguous(), y, eps, lam,
                                                    grad_clean=grad_clean, noise=noise)
     assert torch.isfinite(got)
