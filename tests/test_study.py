@@ -126,3 +126,19 @@ def test_one_seed_has_no_interval():
     rows = study.compare([_final("exact", 0, 0.4), _final("mode", 0, 0.5)], "exact")
     table = study.markdown(rows, "exact")
     assert "+10.0 [no interval: 1 seed]" in table and "[+10.0, +10.0]" not in table
+
+
+def test_tables_name_the_autoattack_they_report():
+    """A table with an AutoAttack column says which AutoAttack it ran (iterations, targets,
+    queries, restarts)."""
+    _, rows = _verdict([0.40, 0.42, 0.38, 0.41, 0.39], [0.41, 0.43, 0.39, 0.42, 0.40])
+    table = study.markdown(list(rows.values()), "exact")
+    assert ("autoattack: the standard AutoAttack: APGD-CE, APGD-T and FAB-T 100 iterations"
+            in table and "Square 5000 queries, 1 restart each" in table)
+    from gradalign_fast.studies.sweep import markdown_table
+
+    summary = markdown_table([{"method": "m", "eps_255": 76.5, "seeds": 1, "train_time_s": 1.0,
+                               "train_time_s_std": 0.0, "co_runs": 0, "co_epochs": "",
+                               "collapsed_runs": 0, "pgd-50-10+autoattack-fast": 0.1,
+                               "pgd-50-10+autoattack-fast_std": 0.0}])
+    assert "autoattack-fast: a reduced AutoAttack: APGD-CE, APGD-T and FAB-T 10 iterations" in summary

@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from ..training import evaluation
 from .stats import bootstrap_mean_ci, fisher_greater, wilson
 from .tables import md_table
 
@@ -118,4 +119,5 @@ def markdown(rows: list[dict], reference: str) -> str:
                   f"{r['p_collapse_more']:.3f}", f"{r['train_time_s']:.0f}", r["verdict"]]
         table.append(cells)
     return (f"Reference: `{reference}`. Δ = mean paired difference (same seeds) with its 95% "
-            f"bootstrap interval.\n\n" + md_table(head, table))
+            f"bootstrap interval.\n\n" + md_table(head, table)
+            + "".join(f"\n\n{line}" for line in evaluation.legend(attacks)))

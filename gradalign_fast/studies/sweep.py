@@ -191,4 +191,4 @@ def markdown_table(rows: list[dict]) -> str:
                                                         else ""))
         cells.append(f"{r['collapsed_runs']}/{r['seeds']}")
         table.append(cells)
-    return md_table(head, table)
+    return md_table(head, table) + "".join(f"\n\n{line}" for line in evaluation.legend(attacks))

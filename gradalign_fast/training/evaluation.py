@@ -153,6 +153,29 @@ def attack_config(part: Attack, pgd_select: str = "any") -> dict:
     return autoattack.config(part.kind, part.steps, part.queries)
 
 
+def legend(names) -> list[str]:
+    """One line per AutoAttack or Square configuration that the attack specs `names` (e.g. a
+    table's columns, "pgd-50-10+autoattack@500") run: what a table reporting them must say."""
+    seen, lines = set(), []
+    for spec in parse_attacks([n for n in names if n != "clean"]):
+        for part in spec.parts:
+            if part.kind in ("clean", "pgd") or part.name in seen:
+                continue
+            seen.add(part.name)
+            c = attack_config(part)
+            if c["attack"] == "square":
+                lines.append(f"{part.name}: Square, {c['queries']} queries, 1 restart "
+                             f"({c['implementation']})")
+                continue
+            apgd, apgd_t, fab, square = c["components"]
+            kind = "the standard AutoAttack" if c["standard"] else "a reduced AutoAttack"
+            lines.append(f"{part.name}: {kind}: APGD-CE, APGD-T and FAB-T {apgd['iterations']} "
+                         f"iterations (targeted: {apgd_t['targets']} targets), Square "
+                         f"{square['queries']} queries, 1 restart each, on the points the "
+                         f"earlier attacks left robust ({c['implementation']})")
+    return lines
+
+
 # ---------------------------------------------------------------- per-batch attacks
 def pgd_robust(model, x, y, eps: float, alpha: float, steps: int, restarts: int = 1,
                generator=None, init=None, early_stop: bool = True, lo: float = 0.0,
